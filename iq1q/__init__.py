@@ -1,0 +1,24 @@
+"""iq1q: IQ1 (1.5-1.75 bit) LLM weight matrices on the CPU.
+
+Weights iq1_s, iq1_m, iq1_s_r4 and iq1_m_r4, byte-compatible with
+ik_llama.cpp and GGUF, multiplied against activations quantized on the fly to
+q8_0, q8_1, q8_k or q8_k128 by pluggable native backends.
+"""
+
+from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, Format, format_info
+from .gemm import matmul, quantize_activations
+from .hazards import Fp16OverflowError, Fp16OverflowWarning, Fp16Report, check_activations
+from .hookspecs import hookimpl
+from .registry import Backend, BackendInfo, backends, get_backend, kernel_table
+from .tensors import QuantizedActivations, QuantizedTensor, dequantize, quantize
+from . import plugins  # noqa: E402  (loads the built-in and installed backends)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATION_FORMATS", "WEIGHT_FORMATS", "Backend", "BackendInfo", "Format",
+    "Fp16OverflowError", "Fp16OverflowWarning", "Fp16Report", "QuantizedActivations",
+    "QuantizedTensor", "backends", "check_activations", "dequantize", "format_info",
+    "get_backend", "hookimpl", "kernel_table", "matmul", "plugins", "quantize",
+    "quantize_activations",
+]

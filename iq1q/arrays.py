@@ -1,0 +1,25 @@
+"""Checking and converting the arrays users pass in."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def as_float32(x, what: str, ndims: tuple[int, ...]) -> np.ndarray:
+    """x as a C-contiguous float32 array, after checking its dtype and ndim."""
+    arr = np.asarray(x)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what} must be float16, float32 or float64, got dtype {arr.dtype}")
+    if arr.ndim not in ndims:
+        want = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{what} must be {want}, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def require_finite(x: np.ndarray, what: str) -> None:
+    """ValueError naming the first NaN or Inf, if there is one."""
+    if not np.isfinite(x).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise ValueError(f"{what} contains NaN or Inf (first at index {bad}: {x[bad]})")

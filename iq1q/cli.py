@@ -1,0 +1,113 @@
+"""The `iq1q` command: demo and info."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import _cpu, check_activations, dequantize, matmul, quantize, registry
+from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+
+
+def _rel_rms(a: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((a.astype(np.float64) - ref) ** 2) / np.mean(ref**2)))
+
+
+def demo_activations(rng: np.random.Generator, m: int, k: int) -> np.ndarray:
+    """Gaussian activations whose row 0 has one 32-block beyond the fp16 range:
+    its sum is ~96000 > 65504, so q8_1's fp16 s = d * sum(q) becomes inf."""
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[0, 96:128] = 3000.0
+    return x
+
+
+def demo(args: argparse.Namespace) -> int:
+    n, k, m = args.rows, args.cols, args.batch
+    rng = np.random.default_rng(args.seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = demo_activations(rng, m, k)
+    print(f"iq1q demo: Gaussian weights {n}x{k}, activations {m}x{k} "
+          f"(row 0 has one 32-block of 3000s: sum 96000 > fp16 max 65504)\n")
+
+    quantized, rows = {}, []
+    for fmt in WEIGHT_FORMATS:
+        t0 = time.perf_counter()
+        quantized[fmt] = qw = quantize(w, fmt)
+        dt = time.perf_counter() - t0
+        bpw = 8 * qw.nbytes / (n * k)
+        rows.append([fmt, f"{bpw:.4f}", f"{_rel_rms(dequantize(qw), w):.4f}", f"{dt * 1e3:.0f}",
+                     f"{dt * 1e9 / (n * k):.1f}"])
+    print("Weight quantization")
+    print(_table(["format", "bits/weight", "rel RMS error", "time ms", "ns/weight"], rows))
+
+    y32 = x.astype(np.float64) @ w.T.astype(np.float64)
+    hazards = check_activations(x)
+    rows = []
+    for fmt in WEIGHT_FORMATS:
+        for act in ACTIVATION_FORMATS:
+            t0 = time.perf_counter()
+            y = matmul(x, quantized[fmt], activation=act, overflow="ignore")
+            dt = time.perf_counter() - t0
+            finite = np.isfinite(y)
+            err = _rel_rms(np.where(finite, y, 0), y32) if finite.all() else float("nan")
+            rep = hazards[act]
+            rows.append([fmt, act, f"{err:.4f}", int((~finite).sum()),
+                         "yes" if rep.overflow_blocks else "no", f"{dt * 1e3:.1f}"])
+    print(f"\nmatmul against float32 x @ w.T (backend {registry.get_backend()})")
+    print(_table(["weights", "activations", "rel RMS error", "NaN/Inf", "fp16 overflow", "time ms"], rows))
+    print("\nOnly iq1_s_r4 x q8_1 reads q8_1's fp16 s = d*sum(q) (ik_llama.cpp before PR #194): the\n"
+          "overflowing block turns whole output rows into NaN. matmul(..., overflow='raise'), the\n"
+          "default, refuses such input and suggests q8_k128, whose float32 scale cannot overflow.")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    feats = _cpu.features()
+    print("CPU features: " + (" ".join(f for f, on in feats.items() if on) or "(none detected)"))
+    print("\nBackends (highest priority first)")
+    print(_table(["name", "priority", "available", "pairs", "origin", "description"],
+                 [[b.name, b.priority, "yes" if b.available else "no", len(b.pairs), b.origin,
+                   b.description] for b in registry.backends()]))
+    print(f"\nBackend in use: {registry.get_backend()}\n\nKernel table (weights x activations -> backend)")
+    table = registry.kernel_table()
+    print(_table(["weights"] + list(ACTIVATION_FORMATS),
+                 [[w] + [table[(w, a)] for a in ACTIVATION_FORMATS] for w in WEIGHT_FORMATS]))
+    print("\nFormats")
+    print(_table(["name", "ggml type", "block", "bytes/block", "row meta", "rows/group", "bits/weight"],
+                 [[f.name, f.ggml_type, f.block_size, f.type_size, f.row_meta_size, f.rows_per_group,
+                   f"{f.bits_per_weight:g}"] for f in map(format_info, WEIGHT_FORMATS + ACTIVATION_FORMATS)]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="iq1q", description="IQ1 weight matrices on the CPU")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="quantize a Gaussian matrix to every format and multiply it "
+                                    "against activations that overflow fp16")
+    p.add_argument("--rows", type=int, default=4096)
+    p.add_argument("--cols", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=4, help="activation rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=demo)
+    p = sub.add_parser("info", help="CPU features, backends and the kernel table")
+    p.set_defaults(func=info)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError) as e:
+        print(f"iq1q: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

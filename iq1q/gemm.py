@@ -1,0 +1,93 @@
+"""matmul: y = x @ W.T with x quantized on the fly to an 8-bit format."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import hazards, registry
+from .arrays import as_float32
+from .formats import activation_format, format_info
+from .tensors import QuantizedActivations, QuantizedTensor, _check_shape
+from .threads import run_rows
+
+OVERFLOW_POLICIES = ("raise", "warn", "ignore")
+# below this many rows per thread, splitting costs more than it saves
+MIN_ROWS_PER_THREAD = 64
+
+
+def auto_activation(weight_format: str) -> str:
+    """What ik_llama.cpp pairs a weight with: q8_k128 for _r4, q8_k for plain formats."""
+    return "q8_k128" if weight_format.endswith("_r4") else "q8_k"
+
+
+def quantize_activations(x, fmt: str, backend: str | None = None,
+                         threads: int | None = None) -> QuantizedActivations:
+    """Quantize activations of shape (M, K) or (K,) to q8_0, q8_1, q8_k or q8_k128."""
+    f = activation_format(fmt)
+    arr = as_float32(x, "activations", (1, 2))
+    return _quantize(arr.reshape(1, -1) if arr.ndim == 1 else arr, f.name, backend, threads,
+                     vector=arr.ndim == 1)
+
+
+def _quantize(x2: np.ndarray, fmt: str, backend: str | None, threads: int | None,
+              vector: bool) -> QuantizedActivations:
+    f = activation_format(fmt)
+    rows, n = _check_shape(f, x2.shape)
+    _, quantizer = registry.activation_quantizer(fmt, backend)
+    out = np.empty(rows * f.row_size(n), dtype=np.uint8)
+    if rows:
+        bad = [b for b in run_rows(lambda a, b: quantizer(x2, out, a, b), rows, 1, threads,
+                                   min_rows=MIN_ROWS_PER_THREAD) if b >= 0]
+        if bad:
+            raise ValueError(f"activations contain NaN or Inf (row {min(bad)})")
+    return QuantizedActivations(f, rows, n, out, vector=vector)
+
+
+def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None = None,
+           threads: int | None = None, overflow: str = "raise") -> np.ndarray:
+    """x @ W.T as float32: (M, K) x (N, K) -> (M, N), or (K,) -> (N,).
+
+    x is a float16/32/64 array, quantized here to `activation` ("auto": q8_k128
+    for _r4 weights, q8_k for plain ones), or a QuantizedActivations.
+    overflow: what to do when the activation format's fp16 fields overflow for
+    this x: "raise" Fp16OverflowError, "warn" (Fp16OverflowWarning, then return
+    what the kernels computed) or "ignore".
+    """
+    if not isinstance(W, QuantizedTensor):
+        raise TypeError(f"W must be an iq1q.QuantizedTensor (see iq1q.quantize), got {type(W).__name__}")
+    if overflow not in OVERFLOW_POLICIES:
+        raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
+    N, K = W.shape
+    if isinstance(x, QuantizedActivations):
+        if activation not in ("auto", x.format):
+            raise ValueError(f"activations are already {x.format}, but activation={activation!r}")
+        qa, vector = x, len(x.shape) == 1
+        if qa._n != K:
+            raise ValueError(f"activations have rows of {qa._n} values, W has rows of {K}")
+        _check_pair_block(W.format, qa.format, K)
+        if overflow != "ignore":
+            hazards.enforce(hazards.scan_quantized(qa.data, qa.format, qa._rows, K), overflow)
+    else:
+        afmt = activation_format(auto_activation(W.format) if activation == "auto" else activation)
+        arr = as_float32(x, "activations", (1, 2))
+        vector = arr.ndim == 1
+        x2 = arr.reshape(1, -1) if vector else arr
+        if x2.shape[1] != K:
+            raise ValueError(f"activations have rows of {x2.shape[1]} values, W has rows of {K}")
+        _check_pair_block(W.format, afmt.name, K)
+        qa = _quantize(x2, afmt.name, backend, threads, vector)
+        if overflow != "ignore":
+            hazards.enforce(hazards.scan(x2, afmt.name), overflow)
+    _, kernel = registry.kernel(W.format, qa.format, backend)
+    y = np.empty((qa._rows, N), dtype=np.float32)
+    if N and qa._rows:
+        run_rows(lambda a, b: kernel(W.data, qa.data, y, K, a, b), N, W._format.rows_per_group,
+                 threads, min_rows=MIN_ROWS_PER_THREAD)
+    return y[0] if vector else y
+
+
+def _check_pair_block(weight: str, activation: str, K: int) -> None:
+    wb, ab = format_info(weight).block_size, format_info(activation).block_size
+    if K % max(wb, ab):
+        raise ValueError(f"row length {K} is not a multiple of {max(wb, ab)}, the larger block of "
+                         f"{weight} ({wb}) x {activation} ({ab})")

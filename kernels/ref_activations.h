@@ -1,0 +1,157 @@
+/* ref_activations.h: the activation quantizers (SPEC 5, the AVX2 column:
+ * d = amax/127, id = 127/amax, round half to even), their dequantizers, and
+ * the fp16 hazard scan that finds blocks whose fp16 fields cannot hold them.
+ *
+ * Quantizers return -1, or the index of the first row holding NaN or Inf
+ * (that row's bytes are then meaningless).
+ */
+#ifndef IQ1Q_REF_ACTIVATIONS_H
+#define IQ1Q_REF_ACTIVATIONS_H
+
+#include <float.h>
+#include "iq1q_common.h"
+
+/* max |x| over a block; *bad is set when the block holds NaN or Inf */
+static inline float iq1q_absmax(const float *x, int n, int *bad) {
+    float amax = 0.0f;
+    int finite = 1;
+    for (int j = 0; j < n; ++j) {
+        const float a = fabsf(x[j]);
+        finite &= a <= FLT_MAX;
+        amax = a > amax ? a : amax;
+    }
+    if (!finite) *bad = 1;
+    return amax;
+}
+
+/* q_j = round_half_even(x_j * 127/amax); returns the sum of the quants. */
+static inline int iq1q_quantize_q8(const float *x, int n, float amax, int8_t *q) {
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < n; ++j) {
+        const int v = iq1q_nearest_int(x[j] * id);
+        q[j] = (int8_t)v;
+        sum += v;
+    }
+    return sum;
+}
+
+/* Loop shell shared by the four quantizers: BODY sees x (one block of
+ * values), b (its output block) and amax. */
+#define IQ1Q_ACT_QUANTIZER(NAME, ID, BLOCK_T, BODY)                               \
+    static int64_t NAME(const float *x, uint8_t *y, int64_t nrows, int64_t n) {   \
+        enum { QK = IQ1Q_BLOCK_##ID };                                             \
+        BLOCK_T *b = (BLOCK_T *)y;                                                 \
+        int64_t first_bad = -1;                                                    \
+        for (int64_t r = 0; r < nrows; ++r) {                                      \
+            int bad = 0;                                                           \
+            for (int64_t i = 0; i < n / QK; ++i, x += QK, ++b) {                   \
+                const float amax = iq1q_absmax(x, QK, &bad);                       \
+                BODY                                                               \
+            }                                                                      \
+            if (bad && first_bad < 0) first_bad = r;                               \
+        }                                                                          \
+        return first_bad;                                                          \
+    }
+
+IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_0, Q8_0, iq1q_block_q8_0, {
+    b->d = iq1q_fp32_to_fp16(amax / 127.0f);
+    iq1q_quantize_q8(x, QK, amax, b->qs);
+})
+
+/* s = fp16(d_f32 * sum q) with the unrounded float scale: the field that
+ * overflows to +-inf when |sum x| passes ~65504 (SPEC 5.2). */
+IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_1, Q8_1, iq1q_block_q8_1, {
+    const float d = amax / 127.0f;
+    const int sum = iq1q_quantize_q8(x, QK, amax, b->qs);
+    b->d = iq1q_fp32_to_fp16(d);
+    b->s = iq1q_fp32_to_fp16(d * (float)sum);
+})
+
+IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_k, Q8_K, iq1q_block_q8_k, {
+    const float d = amax / 127.0f;
+    const int sum = iq1q_quantize_q8(x, QK, amax, b->qs);
+    for (int k = 0; k < QK / 16; ++k) {
+        int s = 0;
+        for (int j = 0; j < 16; ++j) s += b->qs[16 * k + j];
+        b->bsums[k] = (int16_t)s;
+    }
+    b->d = d;
+    b->sum = d * (float)sum;
+})
+
+IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_k128, Q8_K128, iq1q_block_q8_k128, {
+    iq1q_quantize_q8(x, QK, amax, b->qs);
+    for (int k = 0; k < QK / 32; ++k) {
+        int s = 0;
+        for (int j = 0; j < 32; ++j) s += b->qs[32 * k + j];
+        b->bsums[k] = (int16_t)s;
+    }
+    b->d = amax / 127.0f;
+})
+
+#undef IQ1Q_ACT_QUANTIZER
+
+/* ---- dequantizers: d * q ------------------------------------------------ */
+
+#define IQ1Q_ACT_DEQUANTIZER(NAME, ID, BLOCK_T, SCALE)                         \
+    static void NAME(const uint8_t *x, float *y, int64_t nrows, int64_t n) {   \
+        enum { QK = IQ1Q_BLOCK_##ID };                                          \
+        const BLOCK_T *b = (const BLOCK_T *)x;                                  \
+        for (int64_t i = 0; i < nrows * (n / QK); ++i, ++b, y += QK) {          \
+            const float d = SCALE;                                              \
+            for (int j = 0; j < QK; ++j) y[j] = d * (float)b->qs[j];           \
+        }                                                                       \
+    }
+
+IQ1Q_ACT_DEQUANTIZER(iq1q_ref_dequantize_q8_0, Q8_0, iq1q_block_q8_0, iq1q_fp16_to_fp32(b->d))
+IQ1Q_ACT_DEQUANTIZER(iq1q_ref_dequantize_q8_1, Q8_1, iq1q_block_q8_1, iq1q_fp16_to_fp32(b->d))
+IQ1Q_ACT_DEQUANTIZER(iq1q_ref_dequantize_q8_k, Q8_K, iq1q_block_q8_k, b->d)
+IQ1Q_ACT_DEQUANTIZER(iq1q_ref_dequantize_q8_k128, Q8_K128, iq1q_block_q8_k128, b->d)
+
+#undef IQ1Q_ACT_DEQUANTIZER
+
+/* ---- fp16 hazards -------------------------------------------------------- */
+
+typedef struct {
+    int64_t overflow_blocks;  /* a fp16 field became +-inf */
+    int64_t underflow_blocks; /* a non-zero block whose fp16 scale is zero or subnormal */
+    int64_t first_row, first_block; /* first offending block, -1 when clean */
+    float first_value;              /* the float32 value that did not fit */
+} iq1q_fp16_report;
+
+/* Scans raw activations for what q8_0 (with_sum = 0: the scale d) or q8_1
+ * (with_sum = 1: d and s = d * sum q) would store, computing exactly what
+ * the quantizers above compute. x must be finite. */
+static void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
+                                  iq1q_fp16_report *rep) {
+    enum { QK = IQ1Q_BLOCK_Q8_0 };
+    _Static_assert((int)IQ1Q_BLOCK_Q8_0 == (int)IQ1Q_BLOCK_Q8_1, "q8_0 and q8_1 share a block");
+    rep->overflow_blocks = rep->underflow_blocks = 0;
+    rep->first_row = rep->first_block = -1;
+    rep->first_value = 0.0f;
+    int8_t q[QK];
+    for (int64_t r = 0; r < nrows; ++r) {
+        for (int64_t i = 0; i < n / QK; ++i, x += QK) {
+            int bad = 0;
+            const float amax = iq1q_absmax(x, QK, &bad);
+            const float d = amax / 127.0f;
+            float value = d;
+            int over = !iq1q_fp16_is_finite(iq1q_fp32_to_fp16(d));
+            const int under = amax > 0.0f && iq1q_fp16_is_tiny(iq1q_fp32_to_fp16(d));
+            if (with_sum && !over) {
+                const float s = d * (float)iq1q_quantize_q8(x, QK, amax, q);
+                if (!iq1q_fp16_is_finite(iq1q_fp32_to_fp16(s))) { over = 1; value = s; }
+            }
+            rep->overflow_blocks += over;
+            rep->underflow_blocks += under;
+            if ((over || under) && rep->first_row < 0) {
+                rep->first_row = r;
+                rep->first_block = i;
+                rep->first_value = value;
+            }
+        }
+    }
+}
+
+#endif /* IQ1Q_REF_ACTIVATIONS_H */

@@ -1,0 +1,39 @@
+"""Native extensions: one module per instruction set, each with its own flags.
+
+The reference kernels and the CPU probe are compiled for the baseline of the
+target, so they import anywhere; ISA kernel modules carry their -m flags and
+are imported only where iq1q._cpu says the CPU has those features.
+"""
+
+import os
+import sysconfig
+
+import numpy  # noqa: F401  (build requirement; kernels use no numpy C API)
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+KERNELS = "kernels"
+# Strict float32 everywhere: quantizer bytes must not depend on FMA contraction (SPEC 1.6).
+STRICT = ["-O2", "-ffp-contract=off", "-fno-fast-math", "-std=c11"]
+
+
+def target_machine() -> str:
+    """The platform being built for (crossenv reports the target, not this host)."""
+    return (sysconfig.get_platform() or "").split("-")[-1]
+
+
+def extension(name: str, flags: list[str]) -> Extension:
+    return Extension(
+        f"iq1q.{name}",
+        [os.path.join(KERNELS, f"{name}.pyx")],
+        include_dirs=[KERNELS],
+        extra_compile_args=STRICT + flags,
+        depends=[os.path.join(KERNELS, f) for f in os.listdir(KERNELS) if f.endswith((".h", ".pxi"))],
+    )
+
+
+def extensions() -> list[Extension]:
+    return [extension("_cpu", []), extension("_ref", [])]
+
+
+setup(ext_modules=cythonize(extensions(), include_path=[KERNELS], language_level=3, quiet=True))
