@@ -10,13 +10,7 @@ import numpy as np
 
 from . import _cpu, check_activations, dequantize, matmul, quantize, registry
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
-
-
-def _table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+from .report import table
 
 
 def _rel_rms(a: np.ndarray, ref: np.ndarray) -> float:
@@ -48,7 +42,7 @@ def demo(args: argparse.Namespace) -> int:
         rows.append([fmt, f"{bpw:.4f}", f"{_rel_rms(dequantize(qw), w):.4f}", f"{dt * 1e3:.0f}",
                      f"{dt * 1e9 / (n * k):.1f}"])
     print("Weight quantization")
-    print(_table(["format", "bits/weight", "rel RMS error", "time ms", "ns/weight"], rows))
+    print(table(["format", "bits/weight", "rel RMS error", "time ms", "ns/weight"], rows))
 
     y32 = x.astype(np.float64) @ w.T.astype(np.float64)
     hazards = check_activations(x)
@@ -64,7 +58,7 @@ def demo(args: argparse.Namespace) -> int:
             rows.append([fmt, act, f"{err:.4f}", int((~finite).sum()),
                          "yes" if rep.overflow_blocks else "no", f"{dt * 1e3:.1f}"])
     print(f"\nmatmul against float32 x @ w.T (backend {registry.get_backend()})")
-    print(_table(["weights", "activations", "rel RMS error", "NaN/Inf", "fp16 overflow", "time ms"], rows))
+    print(table(["weights", "activations", "rel RMS error", "NaN/Inf", "fp16 overflow", "time ms"], rows))
     print("\nOnly iq1_s_r4 x q8_1 reads q8_1's fp16 s = d*sum(q) (ik_llama.cpp before PR #194): the\n"
           "overflowing block turns whole output rows into NaN. matmul(..., overflow='raise'), the\n"
           "default, refuses such input and suggests q8_k128, whose float32 scale cannot overflow.")
@@ -75,15 +69,15 @@ def info(args: argparse.Namespace) -> int:
     feats = _cpu.features()
     print("CPU features: " + (" ".join(f for f, on in feats.items() if on) or "(none detected)"))
     print("\nBackends (highest priority first)")
-    print(_table(["name", "priority", "available", "pairs", "origin", "description"],
+    print(table(["name", "priority", "available", "pairs", "origin", "description"],
                  [[b.name, b.priority, "yes" if b.available else "no", len(b.pairs), b.origin,
                    b.description] for b in registry.backends()]))
     print(f"\nBackend in use: {registry.get_backend()}\n\nKernel table (weights x activations -> backend)")
-    table = registry.kernel_table()
-    print(_table(["weights"] + list(ACTIVATION_FORMATS),
-                 [[w] + [table[(w, a)] for a in ACTIVATION_FORMATS] for w in WEIGHT_FORMATS]))
+    served = registry.kernel_table()
+    print(table(["weights"] + list(ACTIVATION_FORMATS),
+                 [[w] + [served[(w, a)] for a in ACTIVATION_FORMATS] for w in WEIGHT_FORMATS]))
     print("\nFormats")
-    print(_table(["name", "ggml type", "block", "bytes/block", "row meta", "rows/group", "bits/weight"],
+    print(table(["name", "ggml type", "block", "bytes/block", "row meta", "rows/group", "bits/weight"],
                  [[f.name, f.ggml_type, f.block_size, f.type_size, f.row_meta_size, f.rows_per_group,
                    f"{f.bits_per_weight:g}"] for f in map(format_info, WEIGHT_FORMATS + ACTIVATION_FORMATS)]))
     return 0

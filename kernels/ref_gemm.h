@@ -68,7 +68,6 @@ typedef void (*iq1q_gemm_fn)(const uint8_t *w, const uint8_t *a, float *y,
 /* Columns decoded per pass: a multiple of 256 (so chunks hold whole blocks of
  * every format). Scratch: 4 rows * KC int16 + 4 * KC/32 floats. */
 #define IQ1Q_REF_KC 4096
-#define IQ1Q_REF_MAXROWS 4
 
 /* ---- little-endian field readers (no alignment or aliasing assumptions) -- */
 
@@ -194,11 +193,26 @@ typedef void (*iq1q_ref_decode_fn)(const uint8_t *unit, int64_t K, int64_t c0, i
 
 /* ---- activation block scales ---------------------------------------------- */
 
+/* fp16 -> fp32, exact for every input (same values as iq1q_fp16_to_fp32, inf
+ * and NaN included), branch-free and without subnormal float operands
+ * (Maratyszcza's method): it runs once per activation block per weight row. */
+static inline float iq1q_ref_half(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    /* normal, inf, NaN: exponent rebased by +224, then scaled by 2^-112 */
+    const float normalized = iq1q_bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1p-112f;
+    /* zero / subnormal: 0.5 + man * 2^-24 in [0.5, 1), minus 0.5 */
+    const float denormalized = iq1q_bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t bits = two_w < (1u << 27) ? iq1q_f32_to_bits(denormalized) : iq1q_f32_to_bits(normalized);
+    return iq1q_bits_to_f32(sign | bits);
+}
+
 static inline float iq1q_ref_scale_q8_0(const uint8_t *blk) {
-    return iq1q_fp16_to_fp32(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_0, d)));
+    return iq1q_ref_half(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_0, d)));
 }
 static inline float iq1q_ref_scale_q8_1(const uint8_t *blk) {
-    return iq1q_fp16_to_fp32(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_1, d)));
+    return iq1q_ref_half(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_1, d)));
 }
 static inline float iq1q_ref_scale_q8_k(const uint8_t *blk) {
     return iq1q_ref_f32(blk + offsetof(iq1q_block_q8_k, d));
@@ -218,8 +232,8 @@ IQ1Q_REF_INLINE int32_t iq1q_ref_dot(const int16_t *w, const int8_t *q, int n) {
     return s;
 }
 
-/* The same for the 4 rows of a group (rows IQ1Q_REF_KC apart), sharing the loads of q. */
-IQ1Q_REF_INLINE void iq1q_ref_dot4(const int16_t *w, const int8_t *q, int n, int32_t *out) {
+/* The 4 rows of a group (IQ1Q_REF_KC apart in w) against one q: q loaded once. */
+IQ1Q_REF_INLINE void iq1q_ref_dot_4w(const int16_t *w, const int8_t *q, int n, int32_t *out) {
     int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (int j = 0; j < n; ++j) {
         const int32_t qj = q[j];
@@ -231,46 +245,74 @@ IQ1Q_REF_INLINE void iq1q_ref_dot4(const int16_t *w, const int8_t *q, int n, int
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
+/* Store (first chunk) or add (later chunks) one float result. */
+IQ1Q_REF_INLINE void iq1q_ref_put(float *yp, double v, int first) {
+    if (first) *yp = (float)v;
+    else *yp += (float)v;
+}
+
+/* The body of every kernel but iq1_s_r4 x q8_1. All parameters after ldy are
+ * compile-time constants in each instantiation.
+ * Weight rows are taken 4 at a time (an _r4 group, or 4 consecutive plain
+ * rows decoded into the same [4][KC] layout); per activation row one pass over
+ * the chunk gives the 4 rows' integer sums per activation block (dot_4w), so
+ * each activation block is loaded and its scale converted once per 4 rows.
+ * Plain rows left over (r1 - r0 not a multiple of 4) go one at a time. */
 IQ1Q_REF_INLINE void iq1q_ref_gemm_impl(const uint8_t *w, const uint8_t *a, float *y, int64_t K,
                                         int64_t M, int64_t r0, int64_t r1, int64_t ldy,
                                         const int nrows, const size_t row_size,
                                         const iq1q_ref_decode_fn decode, const int ablk,
                                         const size_t atype, const size_t aqoff,
                                         const iq1q_ref_scale_fn ascale) {
-    int16_t w16[IQ1Q_REF_MAXROWS * IQ1Q_REF_KC];
-    float ws[IQ1Q_REF_MAXROWS * (IQ1Q_REF_KC / 32)];
+    int16_t w16[4 * IQ1Q_REF_KC];
+    float ws[4 * (IQ1Q_REF_KC / 32)];
     const size_t arow_size = atype * (size_t)(K / ablk);
     if (K <= 0) {
         for (int64_t m = 0; m < M; ++m)
             for (int64_t r = r0; r < r1; ++r) y[m * ldy + r] = 0.0f;
         return;
     }
-    for (int64_t r = r0; r < r1; r += nrows) {
-        const uint8_t *unit = w + (size_t)r * row_size;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
         for (int64_t c0 = 0; c0 < K; c0 += IQ1Q_REF_KC) {
             const int64_t nc = K - c0 < IQ1Q_REF_KC ? K - c0 : IQ1Q_REF_KC;
-            decode(unit, K, c0, nc, w16, ws);
+            const int first = c0 == 0;
+            const size_t aoff = (size_t)(c0 / ablk) * atype; /* first block of the chunk */
+            if (nrows == 4)
+                decode(w + (size_t)r * row_size, K, c0, nc, w16, ws);
+            else
+                for (int rr = 0; rr < 4; ++rr)
+                    decode(w + (size_t)(r + rr) * row_size, K, c0, nc, w16 + rr * IQ1Q_REF_KC,
+                           ws + rr * (IQ1Q_REF_KC / 32));
             for (int64_t m = 0; m < M; ++m) {
-                const uint8_t *ablock = a + (size_t)m * arow_size + (size_t)(c0 / ablk) * atype;
-                double acc[IQ1Q_REF_MAXROWS] = {0.0, 0.0, 0.0, 0.0};
+                const uint8_t *ablock = a + (size_t)m * arow_size + aoff;
+                double acc[4] = {0.0, 0.0, 0.0, 0.0};
                 for (int64_t j = 0; j < nc; j += ablk, ablock += atype) {
                     const double da = (double)ascale(ablock);
-                    const int8_t *q = (const int8_t *)(ablock + aqoff);
-                    if (nrows == 4) {
-                        int32_t isum[4];
-                        iq1q_ref_dot4(w16 + j, q, ablk, isum);
-                        for (int rr = 0; rr < 4; ++rr)
-                            acc[rr] += ((double)ws[rr * (IQ1Q_REF_KC / 32) + (j >> 5)] * da) * (double)isum[rr];
-                    } else {
-                        const int32_t isum = iq1q_ref_dot(w16 + j, q, ablk);
-                        acc[0] += ((double)ws[j >> 5] * da) * (double)isum;
-                    }
+                    int32_t isum[4];
+                    iq1q_ref_dot_4w(w16 + j, (const int8_t *)(ablock + aqoff), ablk, isum);
+                    for (int rr = 0; rr < 4; ++rr)
+                        acc[rr] += ((double)ws[rr * (IQ1Q_REF_KC / 32) + (j >> 5)] * da) * (double)isum[rr];
                 }
-                float *yp = y + m * ldy + r;
-                if (c0 == 0)
-                    for (int rr = 0; rr < nrows; ++rr) yp[rr] = (float)(0.125 * acc[rr]);
-                else
-                    for (int rr = 0; rr < nrows; ++rr) yp[rr] += (float)(0.125 * acc[rr]);
+                for (int rr = 0; rr < 4; ++rr) iq1q_ref_put(y + m * ldy + r + rr, 0.125 * acc[rr], first);
+            }
+        }
+    }
+    if (nrows == 1) {
+        for (; r < r1; ++r) {
+            for (int64_t c0 = 0; c0 < K; c0 += IQ1Q_REF_KC) {
+                const int64_t nc = K - c0 < IQ1Q_REF_KC ? K - c0 : IQ1Q_REF_KC;
+                const size_t aoff = (size_t)(c0 / ablk) * atype;
+                decode(w + (size_t)r * row_size, K, c0, nc, w16, ws);
+                for (int64_t m = 0; m < M; ++m) {
+                    const uint8_t *ablock = a + (size_t)m * arow_size + aoff;
+                    double acc = 0.0;
+                    for (int64_t j = 0; j < nc; j += ablk, ablock += atype) {
+                        const int32_t isum = iq1q_ref_dot(w16 + j, (const int8_t *)(ablock + aqoff), ablk);
+                        acc += ((double)ws[j >> 5] * (double)ascale(ablock)) * (double)isum;
+                    }
+                    iq1q_ref_put(y + m * ldy + r, 0.125 * acc, c0 == 0);
+                }
             }
         }
     }
@@ -343,8 +385,8 @@ static void iq1q_ref_gemm_iq1_s_r4_q8_1(const uint8_t *w, const uint8_t *a, floa
                 const uint8_t *ablock = a + (size_t)m * arow_size + (size_t)(c0 / 32) * IQ1Q_TYPE_SIZE_Q8_1;
                 double acc[4] = {0.0, 0.0, 0.0, 0.0};
                 for (int64_t j = 0; j < nc; j += 32, ablock += IQ1Q_TYPE_SIZE_Q8_1) {
-                    const double dy = (double)iq1q_fp16_to_fp32(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, d)));
-                    const double s = (double)iq1q_fp16_to_fp32(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, s)));
+                    const double dy = (double)iq1q_ref_half(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, d)));
+                    const double s = (double)iq1q_ref_half(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, s)));
                     const int8_t *q = (const int8_t *)(ablock + offsetof(iq1q_block_q8_1, qs));
                     int32_t bsum = 0;
                     for (int t = 0; t < 32; ++t) bsum += q[t];

@@ -180,6 +180,24 @@ static inline void iq1q_q_sort(const float *x, int n, int *ord) {
     }
 }
 
+/* Bit l set iff split lane l (< nl) would beat `best` (SPEC 8.2 step 4 test). */
+static inline unsigned iq1q_q_hits(const float *qx, const float *q2, float best, int nl) {
+    unsigned m = 0;
+    for (int l = 0; l < 8; ++l) m |= (unsigned)((q2[l] > 0) & (qx[l] * qx[l] > best * q2[l])) << l;
+    return m & ((1u << nl) - 1);
+}
+
+/* lowest set bit of a non-zero mask */
+static inline int iq1q_q_ctz(unsigned m) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctz(m);
+#else
+    int l = 0;
+    while (!(m & 1u)) { m >>= 1; ++l; }
+    return l;
+#endif
+}
+
 /* Grid index for the 8 levels L[0..7] (SPEC 8.2 step 6). Off the grid, pick
  * the listed neighbour with the smallest weighted error (first one on ties)
  * and overwrite L with its levels; *snapped is set. Always returns a valid
@@ -246,19 +264,22 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
 
     int ord[32];
     iq1q_q_sort(x, 32, ord);
-    float SX[33], SW[33];
+    /* prefix sums, padded to 41 so that chunks of 8 splits never leave the
+     * arrays (the lanes past i2 = 32 are masked out) */
+    float SX[41], SW[41];
     SX[0] = SW[0] = 0.0f;
     for (int t = 0; t < 32; ++t) {
         const int i = ord[t];
         SX[t + 1] = SX[t] + w[i] * x[i];
         SW[t + 1] = SW[t] + w[i];
     }
+    for (int t = 33; t < 41; ++t) SX[t] = SW[t] = 0.0f;
 
     const float P0 = iq1q_q_P[0], P2 = iq1q_q_P[2], M0 = iq1q_q_M[0], M2 = iq1q_q_M[2];
     const float V1 = IQ1Q_DELTA;
     /* Terms that depend on i2 only: (S[32]-S[i2])*V2 and ((W[32]-W[i2])*V2)*V2. */
-    float cxP[33], cxM[33], cwP[33], cwM[33];
-    for (int i2 = 0; i2 <= 32; ++i2) {
+    float cxP[41], cxM[41], cwP[41], cwM[41];
+    for (int i2 = 0; i2 <= 40; ++i2) {
         const float dx = SX[32] - SX[i2], dw = SW[32] - SW[i2];
         cxP[i2] = dx * P2;
         cxM[i2] = dx * M2;
@@ -273,14 +294,15 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
         const float axP = SX[i1] * P0, axM = SX[i1] * M0;
         const float awP = SW[i1] * P0 * P0, awM = SW[i1] * M0 * M0;
         const float sx1 = SX[i1], sw1 = SW[i1];
-        /* Chunks of 8 splits: if none of them beats the current best, the
-         * sequential scan would not update best inside the chunk either, so
-         * only chunks with a hit are replayed in order. */
+        /* Chunks of 8 splits. A split can only update best if it beats the
+         * current best, so the exact sequential scan is replayed from the
+         * first lane that does; after an update the remaining lanes are
+         * tested again against the new best. Same result as testing every
+         * split in order. */
         for (int c0 = i1; c0 <= 32; c0 += 8) {
             const int nl = 33 - c0 < 8 ? 33 - c0 : 8;
             float qxP[8], q2P[8], qxM[8], q2M[8];
-            int hit = 0;
-            for (int l = 0; l < nl; ++l) {
+            for (int l = 0; l < 8; ++l) { /* fixed trip count: vectorizable */
                 const int i2 = c0 + l;
                 /* middle level: V1 = +-0.125 for P / M. Rounding is sign
                  * symmetric, so the M terms are exactly -tx and +tw. */
@@ -290,11 +312,10 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
                 q2P[l] = awP + tw + cwP[i2];
                 qxM[l] = axM - tx + cxM[i2];
                 q2M[l] = awM + tw + cwM[i2];
-                hit |= (q2P[l] > 0) & (qxP[l] * qxP[l] > best * q2P[l]);
-                hit |= (q2M[l] > 0) & (qxM[l] * qxM[l] > best * q2M[l]);
             }
-            if (!hit) continue;
-            for (int l = 0; l < nl; ++l) {
+            unsigned m = iq1q_q_hits(qxP, q2P, best, nl) | iq1q_q_hits(qxM, q2M, best, nl);
+            while (m) {
+                const int l = iq1q_q_ctz(m);
                 if (q2P[l] > 0 && qxP[l] * qxP[l] > best * q2P[l]) {
                     scale = qxP[l] / q2P[l];
                     best = scale * qxP[l];
@@ -305,6 +326,8 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
                     best = scale * qxM[l];
                     b1 = i1; b2 = c0 + l; bshift = -1;
                 }
+                const unsigned later = ~((2u << l) - 1); /* lanes after l */
+                m = (iq1q_q_hits(qxP, q2P, best, nl) | iq1q_q_hits(qxM, q2M, best, nl)) & later;
             }
         }
     }
@@ -351,7 +374,8 @@ none:
 static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint16_t idx[2], int *kk) {
     int ord[16];
     iq1q_q_sort(x, 16, ord);
-    float SX1[17], SW1[17], SX2[17], SW2[17];
+    /* padded to 25 for chunks of 8 splits (lanes past i2 = 16 masked out) */
+    float SX1[25], SW1[25], SX2[25], SW2[25];
     SX1[0] = SW1[0] = SX2[0] = SW2[0] = 0.0f;
     for (int t = 0; t < 16; ++t) {
         const int i = ord[t];
@@ -367,11 +391,12 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
             SW1[t + 1] = SW1[t];
         }
     }
+    for (int t = 17; t < 25; ++t) SX1[t] = SW1[t] = SX2[t] = SW2[t] = 0.0f;
     const float P0 = iq1q_q_P[0], P2 = iq1q_q_P[2], M0 = iq1q_q_M[0], M2 = iq1q_q_M[2];
     const float V1 = IQ1Q_DELTA;
     /* i2-only terms: A3/B3 of SPEC 8.3 for both level tables */
-    float a3xP[17], a3xM[17], a3wP[17], a3wM[17], b3xP[17], b3xM[17], b3wP[17], b3wM[17];
-    for (int i2 = 0; i2 <= 16; ++i2) {
+    float a3xP[25], a3xM[25], a3wP[25], a3wM[25], b3xP[25], b3xM[25], b3wP[25], b3wM[25];
+    for (int i2 = 0; i2 < 25; ++i2) {
         const float d1x = SX1[16] - SX1[i2], d1w = SW1[16] - SW1[i2];
         const float d2x = SX2[16] - SX2[i2], d2w = SW2[16] - SW2[i2];
         a3xP[i2] = d1x * P2; a3xM[i2] = d1x * M2;
@@ -387,12 +412,11 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
         const float a1wP = SW1[i1] * P0 * P0, a1wM = SW1[i1] * M0 * M0;
         const float b1xP = SX2[i1] * P0, b1xM = SX2[i1] * M0;
         const float b1wP = SW2[i1] * P0 * P0, b1wM = SW2[i1] * M0 * M0;
-        /* same chunking as in iq1q_q_block32 */
+        /* same chunked exact scan as in iq1q_q_block32 */
         for (int c0 = i1; c0 <= 16; c0 += 8) {
             const int nl = 17 - c0 < 8 ? 17 - c0 : 8;
-            float qx[8][4], q2[8][4];
-            int hit = 0;
-            for (int l = 0; l < nl; ++l) {
+            float qx[4][8], q2[4][8];
+            for (int l = 0; l < 8; ++l) { /* fixed trip count: vectorizable */
                 const int i2 = c0 + l;
                 /* middle terms; for M they are exactly -t?x and +t?w */
                 const float t1x = (SX1[i2] - SX1[i1]) * V1, t1w = (SW1[i2] - SW1[i1]) * V1 * V1;
@@ -400,25 +424,29 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
                 /* A1 + A2 + A3 of the first group with P / M, then + B1 + B2 + B3 */
                 const float AxP = a1xP + t1x + a3xP[i2], AxM = a1xM - t1x + a3xM[i2];
                 const float AwP = a1wP + t1w + a3wP[i2], AwM = a1wM + t1w + a3wM[i2];
-                qx[l][0] = AxP + b1xP + t2x + b3xP[i2];
-                qx[l][1] = AxP + b1xM - t2x + b3xM[i2];
-                qx[l][2] = AxM + b1xP + t2x + b3xP[i2];
-                qx[l][3] = AxM + b1xM - t2x + b3xM[i2];
-                q2[l][0] = AwP + b1wP + t2w + b3wP[i2];
-                q2[l][1] = AwP + b1wM + t2w + b3wM[i2];
-                q2[l][2] = AwM + b1wP + t2w + b3wP[i2];
-                q2[l][3] = AwM + b1wM + t2w + b3wM[i2];
-                for (int k = 0; k < 4; ++k) hit |= (q2[l][k] > 0) & (qx[l][k] * qx[l][k] > best * q2[l][k]);
+                qx[0][l] = AxP + b1xP + t2x + b3xP[i2];
+                qx[1][l] = AxP + b1xM - t2x + b3xM[i2];
+                qx[2][l] = AxM + b1xP + t2x + b3xP[i2];
+                qx[3][l] = AxM + b1xM - t2x + b3xM[i2];
+                q2[0][l] = AwP + b1wP + t2w + b3wP[i2];
+                q2[1][l] = AwP + b1wM + t2w + b3wM[i2];
+                q2[2][l] = AwM + b1wP + t2w + b3wP[i2];
+                q2[3][l] = AwM + b1wM + t2w + b3wM[i2];
             }
-            if (!hit) continue;
-            for (int l = 0; l < nl; ++l) {
+            unsigned m = 0;
+            for (int k = 0; k < 4; ++k) m |= iq1q_q_hits(qx[k], q2[k], best, nl);
+            while (m) {
+                const int l = iq1q_q_ctz(m);
                 for (int k = 0; k < 4; ++k) {
-                    if (q2[l][k] > 0 && qx[l][k] * qx[l][k] > best * q2[l][k]) {
-                        scale = qx[l][k] / q2[l][k];
-                        best = scale * qx[l][k];
+                    if (q2[k][l] > 0 && qx[k][l] * qx[k][l] > best * q2[k][l]) {
+                        scale = qx[k][l] / q2[k][l];
+                        best = scale * qx[k][l];
                         b1 = i1; b2 = c0 + l; bk = k;
                     }
                 }
+                m = 0;
+                for (int k = 0; k < 4; ++k) m |= iq1q_q_hits(qx[k], q2[k], best, nl);
+                m &= ~((2u << l) - 1); /* lanes after l */
             }
         }
     }
