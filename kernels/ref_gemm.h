@@ -9,22 +9,24 @@
  * 32; IQ1_M: 2l+1 per 16; IQ1_M_R4: the 4-bit scale as is) times a float scale
  * d_w / 8 (d_w per 256-block for plain rows, per row for _r4). So
  *
- *   sum_k W[r,k] X[m,k] = (1/8) * sum_{activation blocks} d_w * d_a * I,
+ *   sum_k W[r,k] X[m,k] = (1/8) * sum_{runs of constant d_w} d_w * sum_{activation blocks} d_a * I,
  *   I = sum_j (ls_j * v_j) * q_j,
  *
- * where I is an exact int32 (|I| <= 15*9*127*256 < 2^23) and d_w is constant
- * over an activation block (activation blocks of 32/128/256 never straddle a
- * 256-block). Each term (double)(d_w*d_a)*I is exact in double (24+24 bit
- * product times a 23 bit integer), the sum is kept in double and rounded to
- * float once per decoded chunk of columns (one chunk unless K > IQ1Q_REF_KC).
+ * where I is an exact int32 (|I| <= 15*9*127*256 < 2^23). Activation blocks
+ * (32/128/256) never straddle a 256-block, so d_w is constant over each. Every
+ * d_a * I is exact in double (24-bit times 23-bit), sums are kept in double,
+ * and the result is rounded to float once per decoded chunk of columns (one
+ * chunk unless K > IQ1Q_REF_KC): far inside the 1e-5 tolerance.
  *
- * Structure. A decoder per weight format turns one row (or 4-row group) and a
+ * Structure. A decoder per weight format turns a row (or a 4-row group) and a
  * chunk of columns into int16 values ls*(8g+sigma) (|.| <= 135) in a stack
- * scratch buffer plus one float scale per 32 columns; the chunk is decoded
- * once and reused for all M activation rows. The inner loop is an
- * int16 x int8 -> int32 dot product over one activation block with a
- * compile-time length, which gcc/clang auto-vectorise at baseline flags.
- * iq1q_ref_gemm_impl is force-inlined into 15 thin wrappers so every pair is
+ * scratch buffer, plus one float d_w per 32 columns. Weight rows are taken 4
+ * at a time (an _r4 group, or 4 plain rows decoded side by side); each chunk is
+ * decoded once and reused for all M activation rows, and per activation block
+ * one int16 x int8 -> int32 loop of compile-time length computes the 4 rows'
+ * sums (gcc auto-vectorises it at baseline x86-64 flags), so an activation
+ * block is loaded and its scale converted once per 4 weight rows.
+ * iq1q_ref_gemm_impl is force-inlined into 15 thin wrappers, so every pair is
  * specialised; the 16th pair, iq1_s_r4 x q8_1, is the historical kernel.
  *
  * The exception (SPEC 7.4, 9.7): iq1_s_r4 x q8_1 uses q8_1's stored fp16 s:
@@ -32,10 +34,12 @@
  *   U_k = sum_{32} (g+1) q,
  * so an infinite s (|sum x| >~ 65504 over a block) yields +-inf and, with
  * blocks of both signs, NaN in all four rows of the group (SPEC 11.4). No other
- * pair reads q8_1's s or q8_k's float sum.
+ * pair reads q8_1's s or q8_k's float sum (nor any bsums: all sums come from d
+ * and the quants).
  *
  * Thread safety: no global mutable state; all scratch is on the stack
- * (about 34 KiB per call).
+ * (about 36 KiB per call). Calls on disjoint row ranges may run concurrently.
+ * Results do not depend on how rows are split between calls.
  */
 #ifndef IQ1Q_REF_GEMM_H
 #define IQ1Q_REF_GEMM_H
@@ -68,6 +72,7 @@ typedef void (*iq1q_gemm_fn)(const uint8_t *w, const uint8_t *a, float *y,
 /* Columns decoded per pass: a multiple of 256 (so chunks hold whole blocks of
  * every format). Scratch: 4 rows * KC int16 + 4 * KC/32 floats. */
 #define IQ1Q_REF_KC 4096
+_Static_assert(IQ1Q_REF_KC % 256 == 0, "a decode chunk must hold whole blocks of every format");
 
 /* ---- little-endian field readers (no alignment or aliasing assumptions) -- */
 
@@ -96,14 +101,15 @@ static inline void iq1q_ref_put8(int16_t *dst, unsigned idx, int c, int b) {
 
 /* ---- weight decoders -------------------------------------------------------
  * unit: start of the row (plain) or of the 4-row group (_r4).
- * Decode columns [c0, c0 + nc) (multiples of 256) into
+ * Decode columns [c0, c0 + nc) (c0 a multiple of IQ1Q_REF_KC, nc of the weight
+ * block) into
  *   w16[rr * IQ1Q_REF_KC + j] = ls * (8g + sigma)      (j = column - c0)
- *   ws[rr * (IQ1Q_REF_KC/32) + j/32] = d_w of those 32 columns (float).
+ *   ws[rr * (IQ1Q_REF_KC/32) + j/32] = d_w of those 32 columns (float)
+ * for the group's rows rr = 0..3, or rr = 0 only for a plain row.
  */
 
-static inline void iq1q_ref_decode_iq1_s(const uint8_t *unit, int64_t K, int64_t c0, int64_t nc,
+static inline void iq1q_ref_decode_iq1_s(const uint8_t *unit, int64_t c0, int64_t nc,
                                          int16_t *w16, float *ws) {
-    (void)K;
     for (int64_t jb = 0; jb < nc; jb += IQ1Q_BLOCK_IQ1_S) {
         const uint8_t *blk = unit + (size_t)((c0 + jb) / IQ1Q_BLOCK_IQ1_S) * IQ1Q_TYPE_SIZE_IQ1_S;
         const float d = iq1q_fp16_to_fp32(iq1q_ref_u16(blk + offsetof(iq1q_block_iq1_s, d)));
@@ -121,9 +127,8 @@ static inline void iq1q_ref_decode_iq1_s(const uint8_t *unit, int64_t K, int64_t
     }
 }
 
-static inline void iq1q_ref_decode_iq1_m(const uint8_t *unit, int64_t K, int64_t c0, int64_t nc,
+static inline void iq1q_ref_decode_iq1_m(const uint8_t *unit, int64_t c0, int64_t nc,
                                          int16_t *w16, float *ws) {
-    (void)K;
     for (int64_t jb = 0; jb < nc; jb += IQ1Q_BLOCK_IQ1_M) {
         const uint8_t *blk = unit + (size_t)((c0 + jb) / IQ1Q_BLOCK_IQ1_M) * IQ1Q_TYPE_SIZE_IQ1_M;
         const uint8_t *qs = blk + offsetof(iq1q_block_iq1_m, qs);
@@ -143,9 +148,8 @@ static inline void iq1q_ref_decode_iq1_m(const uint8_t *unit, int64_t K, int64_t
     }
 }
 
-static inline void iq1q_ref_decode_iq1_s_r4(const uint8_t *unit, int64_t K, int64_t c0, int64_t nc,
+static inline void iq1q_ref_decode_iq1_s_r4(const uint8_t *unit, int64_t c0, int64_t nc,
                                             int16_t *w16, float *ws) {
-    (void)K;
     float d[4];
     for (int r = 0; r < 4; ++r) d[r] = iq1q_fp16_to_fp32(iq1q_ref_u16(unit + 2 * r));
     const uint8_t *blocks = unit + 4 * IQ1Q_ROW_META_IQ1_S_R4;
@@ -165,9 +169,8 @@ static inline void iq1q_ref_decode_iq1_s_r4(const uint8_t *unit, int64_t K, int6
     }
 }
 
-static inline void iq1q_ref_decode_iq1_m_r4(const uint8_t *unit, int64_t K, int64_t c0, int64_t nc,
+static inline void iq1q_ref_decode_iq1_m_r4(const uint8_t *unit, int64_t c0, int64_t nc,
                                             int16_t *w16, float *ws) {
-    (void)K;
     float d[4];
     for (int r = 0; r < 4; ++r) d[r] = iq1q_fp16_to_fp32(iq1q_ref_u16(unit + 2 * r));
     const uint8_t *blocks = unit + 4 * IQ1Q_ROW_META_IQ1_M_R4;
@@ -188,7 +191,7 @@ static inline void iq1q_ref_decode_iq1_m_r4(const uint8_t *unit, int64_t K, int6
     }
 }
 
-typedef void (*iq1q_ref_decode_fn)(const uint8_t *unit, int64_t K, int64_t c0, int64_t nc,
+typedef void (*iq1q_ref_decode_fn)(const uint8_t *unit, int64_t c0, int64_t nc,
                                    int16_t *w16, float *ws);
 
 /* ---- activation block scales ---------------------------------------------- */
@@ -252,7 +255,8 @@ IQ1Q_REF_INLINE void iq1q_ref_put(float *yp, double v, int first) {
 }
 
 /* The body of every kernel but iq1_s_r4 x q8_1. All parameters after ldy are
- * compile-time constants in each instantiation.
+ * compile-time constants in each instantiation; wblk is the run of columns
+ * with one weight scale (256 for plain rows, the whole chunk for _r4).
  * Weight rows are taken 4 at a time (an _r4 group, or 4 consecutive plain
  * rows decoded into the same [4][KC] layout); per activation row one pass over
  * the chunk gives the 4 rows' integer sums per activation block (dot_4w), so
@@ -260,7 +264,7 @@ IQ1Q_REF_INLINE void iq1q_ref_put(float *yp, double v, int first) {
  * Plain rows left over (r1 - r0 not a multiple of 4) go one at a time. */
 IQ1Q_REF_INLINE void iq1q_ref_gemm_impl(const uint8_t *w, const uint8_t *a, float *y, int64_t K,
                                         int64_t M, int64_t r0, int64_t r1, int64_t ldy,
-                                        const int nrows, const size_t row_size,
+                                        const int nrows, const size_t row_size, const int wblk,
                                         const iq1q_ref_decode_fn decode, const int ablk,
                                         const size_t atype, const size_t aqoff,
                                         const iq1q_ref_scale_fn ascale) {
@@ -279,20 +283,24 @@ IQ1Q_REF_INLINE void iq1q_ref_gemm_impl(const uint8_t *w, const uint8_t *a, floa
             const int first = c0 == 0;
             const size_t aoff = (size_t)(c0 / ablk) * atype; /* first block of the chunk */
             if (nrows == 4)
-                decode(w + (size_t)r * row_size, K, c0, nc, w16, ws);
+                decode(w + (size_t)r * row_size, c0, nc, w16, ws);
             else
                 for (int rr = 0; rr < 4; ++rr)
-                    decode(w + (size_t)(r + rr) * row_size, K, c0, nc, w16 + rr * IQ1Q_REF_KC,
+                    decode(w + (size_t)(r + rr) * row_size, c0, nc, w16 + rr * IQ1Q_REF_KC,
                            ws + rr * (IQ1Q_REF_KC / 32));
             for (int64_t m = 0; m < M; ++m) {
                 const uint8_t *ablock = a + (size_t)m * arow_size + aoff;
                 double acc[4] = {0.0, 0.0, 0.0, 0.0};
-                for (int64_t j = 0; j < nc; j += ablk, ablock += atype) {
-                    const double da = (double)ascale(ablock);
-                    int32_t isum[4];
-                    iq1q_ref_dot_4w(w16 + j, (const int8_t *)(ablock + aqoff), ablk, isum);
-                    for (int rr = 0; rr < 4; ++rr)
-                        acc[rr] += ((double)ws[rr * (IQ1Q_REF_KC / 32) + (j >> 5)] * da) * (double)isum[rr];
+                for (int64_t jp = 0; jp < nc; jp += wblk) { /* weight scale constant over [jp, je) */
+                    const int64_t je = jp + wblk < nc ? jp + wblk : nc;
+                    double t[4] = {0.0, 0.0, 0.0, 0.0};
+                    for (int64_t j = jp; j < je; j += ablk, ablock += atype) {
+                        const double da = (double)ascale(ablock);
+                        int32_t isum[4];
+                        iq1q_ref_dot_4w(w16 + j, (const int8_t *)(ablock + aqoff), ablk, isum);
+                        for (int rr = 0; rr < 4; ++rr) t[rr] += da * (double)isum[rr];
+                    }
+                    for (int rr = 0; rr < 4; ++rr) acc[rr] += (double)ws[rr * (IQ1Q_REF_KC / 32) + (jp >> 5)] * t[rr];
                 }
                 for (int rr = 0; rr < 4; ++rr) iq1q_ref_put(y + m * ldy + r + rr, 0.125 * acc[rr], first);
             }
@@ -303,13 +311,17 @@ IQ1Q_REF_INLINE void iq1q_ref_gemm_impl(const uint8_t *w, const uint8_t *a, floa
             for (int64_t c0 = 0; c0 < K; c0 += IQ1Q_REF_KC) {
                 const int64_t nc = K - c0 < IQ1Q_REF_KC ? K - c0 : IQ1Q_REF_KC;
                 const size_t aoff = (size_t)(c0 / ablk) * atype;
-                decode(w + (size_t)r * row_size, K, c0, nc, w16, ws);
+                decode(w + (size_t)r * row_size, c0, nc, w16, ws);
                 for (int64_t m = 0; m < M; ++m) {
                     const uint8_t *ablock = a + (size_t)m * arow_size + aoff;
                     double acc = 0.0;
-                    for (int64_t j = 0; j < nc; j += ablk, ablock += atype) {
-                        const int32_t isum = iq1q_ref_dot(w16 + j, (const int8_t *)(ablock + aqoff), ablk);
-                        acc += ((double)ws[j >> 5] * (double)ascale(ablock)) * (double)isum;
+                    for (int64_t jp = 0; jp < nc; jp += wblk) {
+                        const int64_t je = jp + wblk < nc ? jp + wblk : nc;
+                        double t = 0.0;
+                        for (int64_t j = jp; j < je; j += ablk, ablock += atype)
+                            t += (double)ascale(ablock) *
+                                 (double)iq1q_ref_dot(w16 + j, (const int8_t *)(ablock + aqoff), ablk);
+                        acc += (double)ws[jp >> 5] * t;
                     }
                     iq1q_ref_put(y + m * ldy + r, 0.125 * acc, c0 == 0);
                 }
@@ -323,6 +335,7 @@ IQ1Q_REF_INLINE void iq1q_ref_gemm_impl(const uint8_t *w, const uint8_t *a, floa
                                                 int64_t K, int64_t M, int64_t r0, int64_t r1,     \
                                                 int64_t ldy) {                                    \
         iq1q_ref_gemm_impl(w, a, y, K, M, r0, r1, ldy, IQ1Q_ROWS_##WID, IQ1Q_ROW_SIZE(WID, K),    \
+                           IQ1Q_ROWS_##WID == 4 ? IQ1Q_REF_KC : IQ1Q_BLOCK_##WID,                 \
                            iq1q_ref_decode_##wname, IQ1Q_BLOCK_##AID, IQ1Q_TYPE_SIZE_##AID,       \
                            offsetof(iq1q_block_##aname, qs), iq1q_ref_scale_##aname);             \
     }
@@ -347,16 +360,19 @@ IQ1Q_REF_GEMM_DEFINE(IQ1_M_R4, iq1_m_r4, Q8_K128, q8_k128)
 #undef IQ1Q_REF_GEMM_DEFINE
 
 /* ---- iq1_s_r4 x q8_1: the pre-PR-#194 kernel (SPEC 7.4, 9.7) --------------
- * Per row r and 32-block k: I_k = sum ls*(8g+sigma)*q (the shared decode),
- * B_k = sum q, so ls*U_k = ls*sum (g+1) q = (I_k - ls*sigma*B_k)/8 + ls*B_k
- * exactly; then acc += d_y,k * (ls*U_k) + s_k * (ls*(sigma - 8)) / 8 with
- * q8_1's stored fp16 s_k, and y = d_r * acc. An infinite s_k makes the term
- * infinite (the factor ls*(sigma-8) is never 0); opposite infinities give NaN. */
+ * SPEC: y_r = d_r * sum_k ls_k * (d_y,k * U_k + s_k * (sigma_k - 8) / 8),
+ * U_k = sum_{32} (g+1) q, with q8_1's stored fp16 s_k.
+ * Per row and 32-block k, with I_k = sum ls*(8g+sigma)*q (the shared decode),
+ * B_k = sum q and f_k = ls*(sigma - 8) (never 0):
+ *   8 * ls * U_k = I_k - f_k * B_k      (exact integers), so
+ *   y_r = (d_r / 8) * sum_k (d_y,k * (I_k - f_k * B_k) + s_k * f_k).
+ * An infinite s_k makes its term infinite; infinities of both signs give NaN. */
 static void iq1q_ref_gemm_iq1_s_r4_q8_1(const uint8_t *w, const uint8_t *a, float *y, int64_t K,
                                         int64_t M, int64_t r0, int64_t r1, int64_t ldy) {
+    enum { NB = IQ1Q_REF_KC / 32 };
     int16_t w16[4 * IQ1Q_REF_KC];
-    float ws[4 * (IQ1Q_REF_KC / 32)];
-    int lsd[4 * (IQ1Q_REF_KC / 32)]; /* ls * sigma per (row, 32-block) */
+    float ws[4 * NB];
+    int32_t fk[4 * NB]; /* ls * (sigma - 8) per (row, 32-block) */
     const size_t row_size = IQ1Q_ROW_SIZE(IQ1_S_R4, K);
     const size_t arow_size = IQ1Q_ROW_SIZE(Q8_1, K);
     if (K <= 0) {
@@ -367,18 +383,16 @@ static void iq1q_ref_gemm_iq1_s_r4_q8_1(const uint8_t *w, const uint8_t *a, floa
     for (int64_t r = r0; r < r1; r += 4) {
         const uint8_t *unit = w + (size_t)r * row_size;
         const uint8_t *blocks = unit + 4 * IQ1Q_ROW_META_IQ1_S_R4;
-        double dr[4];
-        for (int rr = 0; rr < 4; ++rr) dr[rr] = (double)iq1q_fp16_to_fp32(iq1q_ref_u16(unit + 2 * rr));
         for (int64_t c0 = 0; c0 < K; c0 += IQ1Q_REF_KC) {
             const int64_t nc = K - c0 < IQ1Q_REF_KC ? K - c0 : IQ1Q_REF_KC;
-            iq1q_ref_decode_iq1_s_r4(unit, K, c0, nc, w16, ws);
+            iq1q_ref_decode_iq1_s_r4(unit, c0, nc, w16, ws);
             for (int64_t jb = 0; jb < nc; jb += 32) {
                 const uint8_t *qhp = blocks + (size_t)((c0 + jb) / 32) * sizeof(iq1q_block_iq1_s_r4) +
                                      offsetof(iq1q_block_iq1_s_r4, qh);
                 for (int rr = 0; rr < 4; ++rr) {
                     const unsigned qh = iq1q_ref_u16(qhp + 2 * rr);
-                    const int ls = 2 * (int)((qh >> 12) & 7) + 1;
-                    lsd[rr * (IQ1Q_REF_KC / 32) + (jb >> 5)] = (qh & 0x8000u) ? -ls : ls;
+                    const int32_t ls = 2 * (int32_t)((qh >> 12) & 7) + 1;
+                    fk[rr * NB + (jb >> 5)] = ls * ((qh & 0x8000u) ? -9 : -7);
                 }
             }
             for (int64_t m = 0; m < M; ++m) {
@@ -388,22 +402,24 @@ static void iq1q_ref_gemm_iq1_s_r4_q8_1(const uint8_t *w, const uint8_t *a, floa
                     const double dy = (double)iq1q_ref_half(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, d)));
                     const double s = (double)iq1q_ref_half(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, s)));
                     const int8_t *q = (const int8_t *)(ablock + offsetof(iq1q_block_q8_1, qs));
-                    int32_t bsum = 0;
-                    for (int t = 0; t < 32; ++t) bsum += q[t];
+                    const int16_t *wj = w16 + j;
+                    int32_t i0 = 0, i1 = 0, i2 = 0, i3 = 0, bsum = 0;
+                    for (int t = 0; t < 32; ++t) {
+                        const int32_t qt = q[t];
+                        i0 += (int32_t)wj[t] * qt;
+                        i1 += (int32_t)wj[IQ1Q_REF_KC + t] * qt;
+                        i2 += (int32_t)wj[2 * IQ1Q_REF_KC + t] * qt;
+                        i3 += (int32_t)wj[3 * IQ1Q_REF_KC + t] * qt;
+                        bsum += qt;
+                    }
+                    const int32_t isum[4] = {i0, i1, i2, i3};
                     for (int rr = 0; rr < 4; ++rr) {
-                        const int lss = lsd[rr * (IQ1Q_REF_KC / 32) + (j >> 5)];
-                        const int ls = lss < 0 ? -lss : lss;
-                        const int32_t isum = iq1q_ref_dot(w16 + rr * IQ1Q_REF_KC + j, q, 32);
-                        const int32_t lsu = (isum - lss * bsum) / 8 + ls * bsum; /* exact */
-                        const int f = ls * ((lss < 0 ? -1 : 1) - 8);             /* ls * (sigma - 8) */
-                        acc[rr] += dy * (double)lsu + s * (double)f * 0.125;
+                        const int32_t f = fk[rr * NB + (j >> 5)];
+                        acc[rr] += dy * (double)(isum[rr] - f * bsum) + s * (double)f;
                     }
                 }
-                float *yp = y + m * ldy + r;
-                if (c0 == 0)
-                    for (int rr = 0; rr < 4; ++rr) yp[rr] = (float)(dr[rr] * acc[rr]);
-                else
-                    for (int rr = 0; rr < 4; ++rr) yp[rr] += (float)(dr[rr] * acc[rr]);
+                for (int rr = 0; rr < 4; ++rr) /* ws[rr * NB] = d_r */
+                    iq1q_ref_put(y + m * ldy + r + rr, 0.125 * (double)ws[rr * NB] * acc[rr], c0 == 0);
             }
         }
     }

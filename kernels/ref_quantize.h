@@ -9,6 +9,28 @@
  * lives on the caller's stack (plus one heap buffer per call for very long
  * _r4 rows). The tables are `static`, i.e. private to the translation unit
  * that includes this header: call init from that same unit.
+ *
+ * API (all static):
+ *   int  iq1q_ref_quantize_init(void);   SPEC 8.1 tables; idempotent; 0 or -1
+ *                                        (allocation failure). Must have
+ *                                        succeeded before any quantizer runs.
+ *   void iq1q_ref_quantize_iq1_s   (x, y, nrows, n, imatrix);   n % 256 == 0
+ *   void iq1q_ref_quantize_iq1_m   (x, y, nrows, n, imatrix);   n % 256 == 0
+ *   void iq1q_ref_quantize_iq1_s_r4(x, y, nrows, n, imatrix);   n % 32 == 0, nrows % 4 == 0
+ *   void iq1q_ref_quantize_iq1_m_r4(x, y, nrows, n, imatrix);   n % 32 == 0, nrows % 4 == 0
+ * x: nrows rows of n finite floats, row-major. y: row r at y + r*row_size
+ * (plain) or group g of 4 rows at y + 4*g*row_size (_r4). imatrix: NULL or
+ * n non-negative floats shared by all rows.
+ *
+ * Deliberate differences from ik_llama, all in cases where ik aborts, reads
+ * an uninitialised value or produces a meaningless block:
+ *   - IQ1_M_R4: the carried sign pairs start at 0 in every 4-row group.
+ *   - plain IQ1_M: a skipped (near-zero) 16-sub-block gets sign pair 0, not a
+ *     stale one.
+ *   - plain IQ1_S: a 32-block whose imatrix is zero on all its non-zero
+ *     weights is quantized as without imatrix (ik asserts or emits scale 0).
+ *   - a block search that finds no admissible split (only possible with
+ *     degenerate weights) yields scale 0 instead of an assertion failure.
  */
 #ifndef IQ1Q_REF_QUANTIZE_H
 #define IQ1Q_REF_QUANTIZE_H
@@ -41,6 +63,9 @@
  * starts at neigh[-kmap[u] - 1] (count, then that many grid indices). */
 static int32_t *iq1q_q_kmap = NULL;
 static uint16_t *iq1q_q_neigh = NULL;
+/* levels of positions 0..3 of grid entry k as one base-3 number
+ * l0 + 3 l1 + 9 l2 + 27 l3 (used by the neighbour search) */
+static uint8_t iq1q_q_lo3[IQ1Q_GRID_SIZE];
 
 /* Sum over 4 fields of (2a+1 - (2b+1))^2 = 4 (a-b)^2, for bytes a, b whose
  * 2-bit fields are all <= 2 (given as base-3 numbers 0..80). */
@@ -62,7 +87,8 @@ static void iq1q_q_partial_dist(uint8_t pd[81][81]) {
 IQ1Q_Q_API int iq1q_ref_quantize_init(void) {
     if (iq1q_q_kmap && iq1q_q_neigh) return 0;
 
-    /* byte -> base-3 number of its four 2-bit fields, -1 if a field is 3 */
+    /* byte -> its four 2-bit fields as one base-3 number (field 0 lowest),
+     * -1 if a field is 3 */
     int b3[256];
     for (int v = 0; v < 256; ++v) {
         int t = 0, ok = 1;
@@ -73,8 +99,6 @@ IQ1Q_Q_API int iq1q_ref_quantize_init(void) {
         }
         b3[v] = ok ? t : -1;
     }
-    /* base-3 digits were read high field first above; the distance only
-     * needs a consistent bijection, so the digit order does not matter. */
 
     uint8_t pd[81][81];
     iq1q_q_partial_dist(pd);
@@ -83,6 +107,7 @@ IQ1Q_Q_API int iq1q_ref_quantize_init(void) {
     for (int k = 0; k < IQ1Q_GRID_SIZE; ++k) {
         glo[k] = (uint8_t)b3[iq1q_grid_codes[k] & 0xff];
         ghi[k] = (uint8_t)b3[iq1q_grid_codes[k] >> 8];
+        iq1q_q_lo3[k] = glo[k];
     }
 
     int32_t *kmap = (int32_t *)malloc(IQ1Q_KMAP_SIZE * sizeof(int32_t));
@@ -93,8 +118,7 @@ IQ1Q_Q_API int iq1q_ref_quantize_init(void) {
     /* -1 = "list at offset 0": codes containing a 3 are never looked up,
      * but if one were, it still lands on a valid list. */
     for (int u = 0; u < IQ1Q_KMAP_SIZE; ++u) kmap[u] = -1;
-    int32_t *on_grid = kmap; /* first mark the grid entries */
-    for (int k = 0; k < IQ1Q_GRID_SIZE; ++k) on_grid[iq1q_grid_codes[k]] = k;
+    for (int k = 0; k < IQ1Q_GRID_SIZE; ++k) kmap[iq1q_grid_codes[k]] = k;
 
     uint8_t d2[IQ1Q_GRID_SIZE];
     for (int u = 0; u < IQ1Q_KMAP_SIZE; ++u) {
@@ -162,40 +186,17 @@ static inline int iq1q_q_clamp(int v, int lo, int hi) { return v < lo ? lo : v >
 static const float iq1q_q_P[3] = {-1.0f + IQ1Q_DELTA, IQ1Q_DELTA, 1.0f + IQ1Q_DELTA};
 static const float iq1q_q_M[3] = {-1.0f - IQ1Q_DELTA, -IQ1Q_DELTA, 1.0f - IQ1Q_DELTA};
 
-/* Stable ascending sort of n <= 32 values: insertion sort never moves an
- * element past an equal one, which is the tie order glibc's qsort gave ik
- * (SPEC 8.7.1). ord[] receives the original positions. */
+/* Stable ascending sort of n (16 or 32) values: position i goes to rank
+ * #{j : x_j < x_i} + #{j < i : x_j == x_i}, i.e. ties keep their original
+ * order, which is the order glibc's (merge sort) qsort gave ik (SPEC 8.7.1).
+ * Branch-free and vectorizable, unlike an insertion sort. ord[rank] = i. */
 static inline void iq1q_q_sort(const float *x, int n, int *ord) {
-    float v[32];
     for (int i = 0; i < n; ++i) {
         const float xi = x[i];
-        int j = i;
-        while (j > 0 && xi < v[j - 1]) {
-            v[j] = v[j - 1];
-            ord[j] = ord[j - 1];
-            --j;
-        }
-        v[j] = xi;
-        ord[j] = i;
+        int r = 0;
+        for (int j = 0; j < n; ++j) r += (x[j] < xi) | ((x[j] == xi) & (j < i));
+        ord[r] = i;
     }
-}
-
-/* Bit l set iff split lane l (< nl) would beat `best` (SPEC 8.2 step 4 test). */
-static inline unsigned iq1q_q_hits(const float *qx, const float *q2, float best, int nl) {
-    unsigned m = 0;
-    for (int l = 0; l < 8; ++l) m |= (unsigned)((q2[l] > 0) & (qx[l] * qx[l] > best * q2[l])) << l;
-    return m & ((1u << nl) - 1);
-}
-
-/* lowest set bit of a non-zero mask */
-static inline int iq1q_q_ctz(unsigned m) {
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_ctz(m);
-#else
-    int l = 0;
-    while (!(m & 1u)) { m >>= 1; ++l; }
-    return l;
-#endif
 }
 
 /* Grid index for the 8 levels L[0..7] (SPEC 8.2 step 6). Off the grid, pick
@@ -212,39 +213,37 @@ static inline int iq1q_q_snap(uint8_t *L, const float *x, const float *w, float 
     const uint16_t *nb = iq1q_q_neigh + (-m - 1);
     const int cnt = nb[0];
     /* T[j][l] is the error term of position j at level l, (w*diff)*diff with
-     * diff = scale*V[l] - x[j], exactly what the per-candidate loop would
-     * compute; a candidate's error is then 8 lookups added in j order. */
+     * diff = scale*V[l] - x[j], exactly what a per-candidate loop computes.
+     * The running sums over positions 0..3 take only 81 values: tabulate
+     * them (S4, built in the same addition order), so a candidate costs one
+     * lookup plus the 4 additions of positions 4..7, in j order as in ik. */
     float T[8][4];
     for (int j = 0; j < 8; ++j) {
         for (int l = 0; l < 3; ++l) {
             const float diff = scale * V[l] - x[j];
             T[j][l] = w[j] * diff * diff;
         }
-        T[j][3] = 0.0f;
+        T[j][3] = 0.0f; /* level 3 never occurs on the grid */
     }
+    float S1[3], S2[9], S3[27], S4[81];
+    for (int a = 0; a < 3; ++a) S1[a] = 0.0f + T[0][a];
+    for (int b = 0; b < 3; ++b)
+        for (int a = 0; a < 3; ++a) S2[a + 3 * b] = S1[a] + T[1][b];
+    for (int b = 0; b < 3; ++b)
+        for (int a = 0; a < 9; ++a) S3[a + 9 * b] = S2[a] + T[2][b];
+    for (int b = 0; b < 3; ++b)
+        for (int a = 0; a < 27; ++a) S4[a + 27 * b] = S3[a] + T[3][b];
     float best = FLT_MAX;
-    int bi = -1, c = 1;
-    /* four candidates at a time (independent sums), compared in list order */
-    for (; c + 3 <= cnt; c += 4) {
-        const unsigned g0 = iq1q_grid_codes[nb[c]], g1 = iq1q_grid_codes[nb[c + 1]];
-        const unsigned g2 = iq1q_grid_codes[nb[c + 2]], g3 = iq1q_grid_codes[nb[c + 3]];
-        float e0 = 0.0f, e1 = 0.0f, e2 = 0.0f, e3 = 0.0f;
-        for (int j = 0; j < 8; ++j) {
-            e0 += T[j][(g0 >> (2 * j)) & 3];
-            e1 += T[j][(g1 >> (2 * j)) & 3];
-            e2 += T[j][(g2 >> (2 * j)) & 3];
-            e3 += T[j][(g3 >> (2 * j)) & 3];
+    int bi = -1;
+    for (int c = 1; c <= cnt; ++c) {
+        const int k = nb[c];
+        const unsigned g = iq1q_grid_codes[k];
+        const float e = S4[iq1q_q_lo3[k]] + T[4][(g >> 8) & 3] + T[5][(g >> 10) & 3] + T[6][(g >> 12) & 3] +
+                        T[7][(g >> 14) & 3];
+        if (e < best) {
+            best = e;
+            bi = k;
         }
-        if (e0 < best) { best = e0; bi = nb[c]; }
-        if (e1 < best) { best = e1; bi = nb[c + 1]; }
-        if (e2 < best) { best = e2; bi = nb[c + 2]; }
-        if (e3 < best) { best = e3; bi = nb[c + 3]; }
-    }
-    for (; c <= cnt; ++c) {
-        const unsigned g = iq1q_grid_codes[nb[c]];
-        float e = 0.0f;
-        for (int j = 0; j < 8; ++j) e += T[j][(g >> (2 * j)) & 3];
-        if (e < best) { best = e; bi = nb[c]; }
     }
     if (bi < 0) bi = nb[1];
     const unsigned g = iq1q_grid_codes[bi];
@@ -264,22 +263,22 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
 
     int ord[32];
     iq1q_q_sort(x, 32, ord);
-    /* prefix sums, padded to 41 so that chunks of 8 splits never leave the
+    /* prefix sums, padded to 36 so that chunks of 4 splits never leave the
      * arrays (the lanes past i2 = 32 are masked out) */
-    float SX[41], SW[41];
+    float SX[36], SW[36];
     SX[0] = SW[0] = 0.0f;
     for (int t = 0; t < 32; ++t) {
         const int i = ord[t];
         SX[t + 1] = SX[t] + w[i] * x[i];
         SW[t + 1] = SW[t] + w[i];
     }
-    for (int t = 33; t < 41; ++t) SX[t] = SW[t] = 0.0f;
+    for (int t = 33; t < 36; ++t) SX[t] = SW[t] = 0.0f;
 
     const float P0 = iq1q_q_P[0], P2 = iq1q_q_P[2], M0 = iq1q_q_M[0], M2 = iq1q_q_M[2];
     const float V1 = IQ1Q_DELTA;
     /* Terms that depend on i2 only: (S[32]-S[i2])*V2 and ((W[32]-W[i2])*V2)*V2. */
-    float cxP[41], cxM[41], cwP[41], cwM[41];
-    for (int i2 = 0; i2 <= 40; ++i2) {
+    float cxP[36], cxM[36], cwP[36], cwM[36];
+    for (int i2 = 0; i2 < 36; ++i2) {
         const float dx = SX[32] - SX[i2], dw = SW[32] - SW[i2];
         cxP[i2] = dx * P2;
         cxM[i2] = dx * M2;
@@ -294,15 +293,15 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
         const float axP = SX[i1] * P0, axM = SX[i1] * M0;
         const float awP = SW[i1] * P0 * P0, awM = SW[i1] * M0 * M0;
         const float sx1 = SX[i1], sw1 = SW[i1];
-        /* Chunks of 8 splits. A split can only update best if it beats the
-         * current best, so the exact sequential scan is replayed from the
-         * first lane that does; after an update the remaining lanes are
-         * tested again against the new best. Same result as testing every
-         * split in order. */
-        for (int c0 = i1; c0 <= 32; c0 += 8) {
-            const int nl = 33 - c0 < 8 ? 33 - c0 : 8;
-            float qxP[8], q2P[8], qxM[8], q2M[8];
-            for (int l = 0; l < 8; ++l) { /* fixed trip count: vectorizable */
+        /* Chunks of 4 splits. A split can only update best if it beats the
+         * current best, so the exact sequential scan only has to start at the
+         * first lane that beats the best the chunk started with: the lanes
+         * before it fail the same test in sequence too. */
+        for (int c0 = i1; c0 <= 32; c0 += 4) {
+            const int nl = 33 - c0 < 4 ? 33 - c0 : 4;
+            float qxP[4], q2P[4], qxM[4], q2M[4];
+            int ok[4];
+            for (int l = 0; l < 4; ++l) { /* fixed trip count: vectorizable */
                 const int i2 = c0 + l;
                 /* middle level: V1 = +-0.125 for P / M. Rounding is sign
                  * symmetric, so the M terms are exactly -tx and +tw. */
@@ -312,10 +311,12 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
                 q2P[l] = awP + tw + cwP[i2];
                 qxM[l] = axM - tx + cxM[i2];
                 q2M[l] = awM + tw + cwM[i2];
+                ok[l] = ((q2P[l] > 0) & (qxP[l] * qxP[l] > best * q2P[l])) |
+                        ((q2M[l] > 0) & (qxM[l] * qxM[l] > best * q2M[l]));
             }
-            unsigned m = iq1q_q_hits(qxP, q2P, best, nl) | iq1q_q_hits(qxM, q2M, best, nl);
-            while (m) {
-                const int l = iq1q_q_ctz(m);
+            int l = 0;
+            while (l < nl && !ok[l]) ++l;
+            for (; l < nl; ++l) {
                 if (q2P[l] > 0 && qxP[l] * qxP[l] > best * q2P[l]) {
                     scale = qxP[l] / q2P[l];
                     best = scale * qxP[l];
@@ -326,8 +327,6 @@ static float iq1q_q_block32(const float *x, const float *w, uint16_t idx[4], int
                     best = scale * qxM[l];
                     b1 = i1; b2 = c0 + l; bshift = -1;
                 }
-                const unsigned later = ~((2u << l) - 1); /* lanes after l */
-                m = (iq1q_q_hits(qxP, q2P, best, nl) | iq1q_q_hits(qxM, q2M, best, nl)) & later;
             }
         }
     }
@@ -374,8 +373,8 @@ none:
 static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint16_t idx[2], int *kk) {
     int ord[16];
     iq1q_q_sort(x, 16, ord);
-    /* padded to 25 for chunks of 8 splits (lanes past i2 = 16 masked out) */
-    float SX1[25], SW1[25], SX2[25], SW2[25];
+    /* padded to 20 for chunks of 4 splits (lanes past i2 = 16 masked out) */
+    float SX1[20], SW1[20], SX2[20], SW2[20];
     SX1[0] = SW1[0] = SX2[0] = SW2[0] = 0.0f;
     for (int t = 0; t < 16; ++t) {
         const int i = ord[t];
@@ -391,12 +390,12 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
             SW1[t + 1] = SW1[t];
         }
     }
-    for (int t = 17; t < 25; ++t) SX1[t] = SW1[t] = SX2[t] = SW2[t] = 0.0f;
+    for (int t = 17; t < 20; ++t) SX1[t] = SW1[t] = SX2[t] = SW2[t] = 0.0f;
     const float P0 = iq1q_q_P[0], P2 = iq1q_q_P[2], M0 = iq1q_q_M[0], M2 = iq1q_q_M[2];
     const float V1 = IQ1Q_DELTA;
     /* i2-only terms: A3/B3 of SPEC 8.3 for both level tables */
-    float a3xP[25], a3xM[25], a3wP[25], a3wM[25], b3xP[25], b3xM[25], b3wP[25], b3wM[25];
-    for (int i2 = 0; i2 < 25; ++i2) {
+    float a3xP[20], a3xM[20], a3wP[20], a3wM[20], b3xP[20], b3xM[20], b3wP[20], b3wM[20];
+    for (int i2 = 0; i2 < 20; ++i2) {
         const float d1x = SX1[16] - SX1[i2], d1w = SW1[16] - SW1[i2];
         const float d2x = SX2[16] - SX2[i2], d2w = SW2[16] - SW2[i2];
         a3xP[i2] = d1x * P2; a3xM[i2] = d1x * M2;
@@ -413,10 +412,10 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
         const float b1xP = SX2[i1] * P0, b1xM = SX2[i1] * M0;
         const float b1wP = SW2[i1] * P0 * P0, b1wM = SW2[i1] * M0 * M0;
         /* same chunked exact scan as in iq1q_q_block32 */
-        for (int c0 = i1; c0 <= 16; c0 += 8) {
-            const int nl = 17 - c0 < 8 ? 17 - c0 : 8;
-            float qx[4][8], q2[4][8];
-            for (int l = 0; l < 8; ++l) { /* fixed trip count: vectorizable */
+        for (int c0 = i1; c0 <= 16; c0 += 4) {
+            const int nl = 17 - c0 < 4 ? 17 - c0 : 4;
+            float qx[4][4], q2[4][4];
+            for (int l = 0; l < 4; ++l) { /* fixed trip count: vectorizable */
                 const int i2 = c0 + l;
                 /* middle terms; for M they are exactly -t?x and +t?w */
                 const float t1x = (SX1[i2] - SX1[i1]) * V1, t1w = (SW1[i2] - SW1[i1]) * V1 * V1;
@@ -433,10 +432,14 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
                 q2[2][l] = AwM + b1wP + t2w + b3wP[i2];
                 q2[3][l] = AwM + b1wM + t2w + b3wM[i2];
             }
-            unsigned m = 0;
-            for (int k = 0; k < 4; ++k) m |= iq1q_q_hits(qx[k], q2[k], best, nl);
-            while (m) {
-                const int l = iq1q_q_ctz(m);
+            int ok[4];
+            for (int l = 0; l < 4; ++l) {
+                ok[l] = 0;
+                for (int k = 0; k < 4; ++k) ok[l] |= (q2[k][l] > 0) & (qx[k][l] * qx[k][l] > best * q2[k][l]);
+            }
+            int l = 0;
+            while (l < nl && !ok[l]) ++l;
+            for (; l < nl; ++l) {
                 for (int k = 0; k < 4; ++k) {
                     if (q2[k][l] > 0 && qx[k][l] * qx[k][l] > best * q2[k][l]) {
                         scale = qx[k][l] / q2[k][l];
@@ -444,9 +447,6 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
                         b1 = i1; b2 = c0 + l; bk = k;
                     }
                 }
-                m = 0;
-                for (int k = 0; k < 4; ++k) m |= iq1q_q_hits(qx[k], q2[k], best, nl);
-                m &= ~((2u << l) - 1); /* lanes after l */
             }
         }
     }

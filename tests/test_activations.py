@@ -5,7 +5,7 @@ import pytest
 
 import iq1q
 from iq1q import _ref
-from spec_vectors import activation_11_1, activation_11_4
+from spec_vectors import Q8_K128_11_1, activation_11_1, activation_11_4, q8_k128_11_4
 
 # --- an independent numpy model of SPEC 5: d = amax/127, id = 127/amax, round half to even ---
 
@@ -40,12 +40,7 @@ def model_bytes(x: np.ndarray, fmt: str) -> bytes:
 
 
 def test_spec_11_1_q8_k128_bytes():
-    want = bytes.fromhex(
-        "552a953d4b00f2ff2300eeff"
-        "d0eb0722da7f112de5001bd3ef0a26def91530e8031fd7f20e29e1fd18d0eb0722daf6112de5001bd3ef0a26de"
-        "f91530e8031fd7f20e29e1fd18d0eb0722daf6112de5001bd3ef0a26def91530e8031fd7f20e29e1fd18d0eb07"
-        "22daf6112de5001bd3ef0a26def91530e8031fd7f20e29e1fd18d0eb0722daf6112de5001bd3")
-    assert iq1q.quantize_activations(activation_11_1(), "q8_k128").tobytes() == want
+    assert iq1q.quantize_activations(activation_11_1(), "q8_k128").tobytes() == Q8_K128_11_1
 
 
 def test_spec_11_4_q8_1_overflows_to_inf():
@@ -55,9 +50,10 @@ def test_spec_11_4_q8_1_overflows_to_inf():
     assert data[36:40] == bytes.fromhex("ec6000fc")  # block 1: s = -inf
 
 
-def test_spec_11_4_q8_k128_header():
+def test_spec_11_4_q8_k128_block():
     data = iq1q.quantize_activations(activation_11_4(), "q8_k128").tobytes()
-    assert data[:12] == bytes.fromhex("f67a1d443901c7fe00000000")
+    assert data[:12] == bytes.fromhex("f67a1d443901c7fe00000000")  # as SPEC prints the header
+    assert data == q8_k128_11_4()
 
 
 @pytest.mark.parametrize("fmt", iq1q.ACTIVATION_FORMATS)
