@@ -47,6 +47,16 @@ def fp32_to_fp16(const float[::1] x, uint16_t[::1] out):
             out[i] = iq1q_fp32_to_fp16(x[i])
 
 
+def fp16_to_fp32(const uint16_t[::1] h, float[::1] out):
+    """The fp16 widening every kernel uses (for tests against numpy)."""
+    if out.shape[0] != h.shape[0]:
+        raise ValueError("output length differs from input length")
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(h.shape[0]):
+            out[i] = iq1q_fp16_to_fp32(h[i])
+
+
 def quantize_weights(int fmt, const float[:, ::1] x, uint8_t[::1] out, imatrix,
                      int64_t row0, int64_t row1):
     """Quantize rows [row0, row1) of x into out (the whole tensor's bytes)."""

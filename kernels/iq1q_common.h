@@ -111,16 +111,19 @@ IQ1Q_CHECK_SIZE(iq1q_block_iq1_m_r4, 4 * IQ1Q_TYPE_SIZE_IQ1_M_R4);
 static inline float iq1q_bits_to_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static inline uint32_t iq1q_f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-/* IEEE binary16 -> float32, exact. */
+/* IEEE binary16 -> float32, exact for every input (inf and NaN included).
+ * Branch-free, with no subnormal float operands (kernels call it once per
+ * activation block): the half's bits are moved into float position and
+ * rescaled by 2^-112; zero and subnormal halves are formed as 0.5 + m * 2^-24
+ * and reduced by 0.5, which is exact. */
 static inline float iq1q_fp16_to_fp32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t exp = (h >> 10) & 0x1fu;
-    const uint32_t man = h & 0x3ffu;
-    if (exp == 0x1f) return iq1q_bits_to_f32(sign | 0x7f800000u | (man << 13));
-    if (exp != 0) return iq1q_bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13));
-    /* zero or subnormal: man * 2^-24, exact in float32 */
-    const float v = (float)man * 5.9604644775390625e-8f;
-    return sign ? -v : v;
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const float normal = iq1q_bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1p-112f;
+    const float tiny = iq1q_bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t bits = two_w < (1u << 27) ? iq1q_f32_to_bits(tiny) : iq1q_f32_to_bits(normal);
+    return iq1q_bits_to_f32(sign | bits);
 }
 
 /* float32 -> IEEE binary16, round to nearest, ties to even (as F16C with

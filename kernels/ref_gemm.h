@@ -50,9 +50,6 @@
 #include "iq1q_common.h"
 #include "iq1q_grid.h"
 
-typedef void (*iq1q_gemm_fn)(const uint8_t *w, const uint8_t *a, float *y,
-                             int64_t K, int64_t M, int64_t r0, int64_t r1, int64_t ldy);
-
 #if defined(__GNUC__) || defined(__clang__)
 #define IQ1Q_REF_INLINE static inline __attribute__((always_inline))
 #elif defined(_MSC_VER)
@@ -196,26 +193,11 @@ typedef void (*iq1q_ref_decode_fn)(const uint8_t *unit, int64_t c0, int64_t nc,
 
 /* ---- activation block scales ---------------------------------------------- */
 
-/* fp16 -> fp32, exact for every input (same values as iq1q_fp16_to_fp32, inf
- * and NaN included), branch-free and without subnormal float operands
- * (Maratyszcza's method): it runs once per activation block per weight row. */
-static inline float iq1q_ref_half(uint16_t h) {
-    const uint32_t w = (uint32_t)h << 16;
-    const uint32_t sign = w & 0x80000000u;
-    const uint32_t two_w = w + w;
-    /* normal, inf, NaN: exponent rebased by +224, then scaled by 2^-112 */
-    const float normalized = iq1q_bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1p-112f;
-    /* zero / subnormal: 0.5 + man * 2^-24 in [0.5, 1), minus 0.5 */
-    const float denormalized = iq1q_bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
-    const uint32_t bits = two_w < (1u << 27) ? iq1q_f32_to_bits(denormalized) : iq1q_f32_to_bits(normalized);
-    return iq1q_bits_to_f32(sign | bits);
-}
-
 static inline float iq1q_ref_scale_q8_0(const uint8_t *blk) {
-    return iq1q_ref_half(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_0, d)));
+    return iq1q_fp16_to_fp32(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_0, d)));
 }
 static inline float iq1q_ref_scale_q8_1(const uint8_t *blk) {
-    return iq1q_ref_half(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_1, d)));
+    return iq1q_fp16_to_fp32(iq1q_ref_u16(blk + offsetof(iq1q_block_q8_1, d)));
 }
 static inline float iq1q_ref_scale_q8_k(const uint8_t *blk) {
     return iq1q_ref_f32(blk + offsetof(iq1q_block_q8_k, d));
@@ -399,8 +381,8 @@ static void iq1q_ref_gemm_iq1_s_r4_q8_1(const uint8_t *w, const uint8_t *a, floa
                 const uint8_t *ablock = a + (size_t)m * arow_size + (size_t)(c0 / 32) * IQ1Q_TYPE_SIZE_Q8_1;
                 double acc[4] = {0.0, 0.0, 0.0, 0.0};
                 for (int64_t j = 0; j < nc; j += 32, ablock += IQ1Q_TYPE_SIZE_Q8_1) {
-                    const double dy = (double)iq1q_ref_half(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, d)));
-                    const double s = (double)iq1q_ref_half(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, s)));
+                    const double dy = (double)iq1q_fp16_to_fp32(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, d)));
+                    const double s = (double)iq1q_fp16_to_fp32(iq1q_ref_u16(ablock + offsetof(iq1q_block_q8_1, s)));
                     const int8_t *q = (const int8_t *)(ablock + offsetof(iq1q_block_q8_1, qs));
                     const int16_t *wj = w16 + j;
                     int32_t i0 = 0, i1 = 0, i2 = 0, i3 = 0, bsum = 0;

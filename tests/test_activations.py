@@ -102,6 +102,16 @@ def test_fp16_rounding_matches_numpy(rng):
     np.testing.assert_array_equal(out, want)
 
 
+def test_fp16_widening_is_exact_for_all_halves():
+    h = np.arange(65536, dtype=np.uint16)
+    out = np.empty(h.size, np.float32)
+    _ref.fp16_to_fp32(h, out)
+    want = h.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(out[~nan], want[~nan])
+    assert np.isnan(out[nan]).all()
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_activations_are_rejected(bad):
     x = np.zeros((3, 128), dtype=np.float32)

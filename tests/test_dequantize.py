@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import iq1q
+import oracle
 from spec_vectors import IQ1_M_R4_GROUP, IQ1_S_R4_GROUP
 
 
@@ -50,7 +51,6 @@ def test_iq1_m_r4_spec_11_3():
 
 @pytest.mark.parametrize("fmt", iq1q.WEIGHT_FORMATS)
 def test_dequantize_equals_oracle_on_random_bytes(fmt, rng):
-    oracle = pytest.importorskip("oracle")
     data = oracle.random_weights(rng, fmt, 8, 512)
     t = iq1q.QuantizedTensor.from_bytes(data, fmt, (8, 512))
     want = oracle.dequantize_weights(np.frombuffer(data, np.uint8), fmt, (8, 512))
