@@ -22,4 +22,4 @@ def require_finite(x: np.ndarray, what: str) -> None:
     """ValueError naming the first NaN or Inf, if there is one."""
     if not np.isfinite(x).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        raise ValueError(f"{what} contains NaN or Inf (first at index {bad}: {x[bad]})")
+        raise ValueError(f"NaN or Inf in {what} (first at index {bad}: {x[bad]})")

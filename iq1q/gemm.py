@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import hazards, registry
-from .arrays import as_float32
+from .arrays import as_float32, require_finite
 from .formats import activation_format, format_info
 from .tensors import QuantizedActivations, QuantizedTensor, _check_shape
 from .threads import run_rows
@@ -39,7 +39,7 @@ def _quantize(x2: np.ndarray, fmt: str, backend: str | None, threads: int | None
         bad = [b for b in run_rows(lambda a, b: quantizer(x2, out, a, b), rows, 1, threads,
                                    min_rows=MIN_ROWS_PER_THREAD) if b >= 0]
         if bad:
-            raise ValueError(f"activations contain NaN or Inf (row {min(bad)})")
+            raise ValueError(f"NaN or Inf in activations (first in row {min(bad)})")
     return QuantizedActivations(f, rows, n, out, vector=vector)
 
 
@@ -62,11 +62,11 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
         if activation not in ("auto", x.format):
             raise ValueError(f"activations are already {x.format}, but activation={activation!r}")
         qa, vector = x, len(x.shape) == 1
-        if qa._n != K:
-            raise ValueError(f"activations have rows of {qa._n} values, W has rows of {K}")
+        if qa.row_length != K:
+            raise ValueError(f"activations have rows of {qa.row_length} values, W has rows of {K}")
         _check_pair_block(W.format, qa.format, K)
         if overflow != "ignore":
-            hazards.enforce(hazards.scan_quantized(qa.data, qa.format, qa._rows, K), overflow)
+            hazards.enforce(hazards.scan_quantized(qa.data, qa.format, qa.rows, K), overflow)
     else:
         afmt = activation_format(auto_activation(W.format) if activation == "auto" else activation)
         arr = as_float32(x, "activations", (1, 2))
@@ -75,13 +75,14 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
         if x2.shape[1] != K:
             raise ValueError(f"activations have rows of {x2.shape[1]} values, W has rows of {K}")
         _check_pair_block(W.format, afmt.name, K)
-        qa = _quantize(x2, afmt.name, backend, threads, vector)
-        if overflow != "ignore":
+        if overflow != "ignore" and afmt.name in hazards.FP16_FORMATS:
+            require_finite(x2, "activations")  # the scan assumes finite values
             hazards.enforce(hazards.scan(x2, afmt.name), overflow)
+        qa = _quantize(x2, afmt.name, backend, threads, vector)
     _, kernel = registry.kernel(W.format, qa.format, backend)
-    y = np.empty((qa._rows, N), dtype=np.float32)
-    if N and qa._rows:
-        run_rows(lambda a, b: kernel(W.data, qa.data, y, K, a, b), N, W._format.rows_per_group,
+    y = np.empty((qa.rows, N), dtype=np.float32)
+    if N and qa.rows:
+        run_rows(lambda a, b: kernel(W.data, qa.data, y, K, a, b), N, format_info(W.format).rows_per_group,
                  threads, min_rows=MIN_ROWS_PER_THREAD)
     return y[0] if vector else y
 

@@ -44,6 +44,15 @@ class _Quantized:
         return self._format.name
 
     @property
+    def rows(self) -> int:
+        """Rows of values (1 for a 1-D activation vector)."""
+        return self._rows
+
+    @property
+    def row_length(self) -> int:
+        return self._n
+
+    @property
     def data(self) -> np.ndarray:
         """1-D read-only uint8 view of the bytes, in ggml layout."""
         return self._data

@@ -116,7 +116,7 @@ def test_fp16_widening_is_exact_for_all_halves():
 def test_non_finite_activations_are_rejected(bad):
     x = np.zeros((3, 128), dtype=np.float32)
     x[2, 5] = bad
-    with pytest.raises(ValueError, match=r"NaN or Inf \(row 2\)"):
+    with pytest.raises(ValueError, match=r"NaN or Inf in activations \(first in row 2\)"):
         iq1q.quantize_activations(x, "q8_k128")
 
 

@@ -21,12 +21,12 @@ def test_demo_shows_the_seed_failure(capsys):
     rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines()
             if re.match(r"^iq1_\w+\s+q8_", line)}
     assert len(rows) == 16
-    # weights, activations, error, NaN count, overflow detected, time
-    assert rows[("iq1_s_r4", "q8_1")][2:5] == ["nan", "64", "yes"]  # all of output row 0
+    # weights, activations, error vs w, error vs dequantized W, NaN count, overflow detected, time
+    assert rows[("iq1_s_r4", "q8_1")][2:6] == ["nan", "nan", "64", "yes"]  # all of output row 0
     for (w, a), cols in rows.items():
-        assert cols[4] == ("yes" if a == "q8_1" else "no")
+        assert cols[5] == ("yes" if a == "q8_1" else "no")
         if (w, a) != ("iq1_s_r4", "q8_1"):
-            assert cols[3] == "0" and float(cols[2]) < 0.7
+            assert cols[4] == "0" and float(cols[2]) < 0.7 and float(cols[3]) < 0.02
     assert re.search(r"^iq1_m_r4\s+1\.8125\s", out, re.M)  # 1.75 + 16 / 256 bits per weight
 
 

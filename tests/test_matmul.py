@@ -102,10 +102,12 @@ def test_bad_inputs(gaussian, quantized):
         iq1q.matmul(np.ones((2, K), np.int64), W)
     with pytest.raises(ValueError, match="1-D or 2-D"):
         iq1q.matmul(x[None], W)
-    with pytest.raises(ValueError, match=r"NaN or Inf \(row 1\)"):
+    with pytest.raises(ValueError, match=r"NaN or Inf in activations \(first in row 1\)"):
         bad = x.copy()
         bad[1, 3] = np.inf
         iq1q.matmul(bad, W)
+    with pytest.raises(ValueError, match=r"NaN or Inf in activations \(first at index \(1, 3\): inf"):
+        iq1q.matmul(bad, W, activation="q8_1")  # not mistaken for an fp16 overflow
     with pytest.raises(ValueError, match="unknown format 'q8_2'"):
         iq1q.matmul(x, W, activation="q8_2")
     with pytest.raises(ValueError, match="already q8_0, but activation='q8_k128'"):

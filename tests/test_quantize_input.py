@@ -67,7 +67,7 @@ def test_format_and_type_errors(w):
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weights(w, bad):
     w[3, 17] = bad
-    with pytest.raises(ValueError, match=r"weights contains NaN or Inf \(first at index \(3, 17\)"):
+    with pytest.raises(ValueError, match=r"NaN or Inf in weights \(first at index \(3, 17\)"):
         iq1q.quantize(w, "iq1_s_r4")
 
 
@@ -79,8 +79,8 @@ def test_float16_overflowing_input_is_inf():
 @pytest.mark.parametrize("imatrix,message", [
     (np.ones(128, np.float32), r"one entry per column \(256\), got 128"),
     (np.ones((2, 256), np.float32), r"imatrix must be 1-D"),
-    (np.full(256, np.nan, np.float32), "imatrix contains NaN or Inf"),
-    (np.r_[np.ones(255), np.inf].astype(np.float32), "imatrix contains NaN or Inf"),
+    (np.full(256, np.nan, np.float32), "NaN or Inf in imatrix"),
+    (np.r_[np.ones(255), np.inf].astype(np.float32), "NaN or Inf in imatrix"),
     (np.r_[np.ones(100), -1.0, np.ones(155)].astype(np.float32), r"non-negative \(first negative at 100\)"),
 ])
 def test_imatrix_errors(w, imatrix, message):
