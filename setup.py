@@ -6,20 +6,13 @@ are imported only where iq1q._cpu says the CPU has those features.
 """
 
 import os
-import sysconfig
 
-import numpy  # noqa: F401  (build requirement; kernels use no numpy C API)
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 KERNELS = "kernels"
 # Strict float32 everywhere: quantizer bytes must not depend on FMA contraction (SPEC 1.6).
 STRICT = ["-O2", "-ffp-contract=off", "-fno-fast-math", "-std=c11"]
-
-
-def target_machine() -> str:
-    """The platform being built for (crossenv reports the target, not this host)."""
-    return (sysconfig.get_platform() or "").split("-")[-1]
 
 
 def extension(name: str, flags: list[str]) -> Extension:

@@ -1,5 +1,6 @@
-import os
+import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -19,3 +20,19 @@ def _clean_env(monkeypatch):
     """Tests start from the default backend choice and thread count."""
     for var in ("IQ1Q_BACKEND", "IQ1Q_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
+
+
+@cache
+def _can_start_python() -> bool:
+    try:
+        return subprocess.run([sys.executable, "-c", "pass"], capture_output=True).returncode == 0
+    except OSError:  # e.g. an aarch64 interpreter run by qemu-user without binfmt
+        return False
+
+
+@pytest.fixture
+def python_subprocess():
+    """sys.executable, for tests that start a fresh interpreter; skips where that is impossible."""
+    if not _can_start_python():
+        pytest.skip("cannot start a subprocess of this interpreter here (emulated without binfmt)")
+    return sys.executable

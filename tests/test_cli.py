@@ -2,7 +2,6 @@
 
 import re
 import subprocess
-import sys
 
 from iq1q.cli import main
 
@@ -35,6 +34,6 @@ def test_bad_arguments_exit_nonzero(capsys):
     assert "multiple of 4 rows" in capsys.readouterr().err
 
 
-def test_python_dash_m():
-    out = subprocess.run([sys.executable, "-m", "iq1q", "info"], capture_output=True, text=True)
+def test_python_dash_m(python_subprocess):
+    out = subprocess.run([python_subprocess, "-m", "iq1q", "info"], capture_output=True, text=True)
     assert out.returncode == 0 and "Kernel table" in out.stdout

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -164,18 +163,18 @@ def installed_plugin(tmp_path):
     return tmp_path
 
 
-def _backends_in_subprocess(path, load_plugins):
+def _backends_in_subprocess(python, path, load_plugins):
     env = {"PYTHONPATH": str(path), "PATH": ""}
     if load_plugins is not None:
         env["IQ1Q_LOAD_PLUGINS"] = load_plugins
     code = "import iq1q, json; print(json.dumps({b.name: b.origin for b in iq1q.backends()}))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True)
     return out.returncode, out.stdout, out.stderr
 
 
 @pytest.mark.parametrize("load,loaded", [(None, True), ("toyplug", True), ("", False), ("other,toyplug", None)])
-def test_entry_point_plugins_and_load_plugins_env(installed_plugin, load, loaded):
-    code, out, err = _backends_in_subprocess(installed_plugin, load)
+def test_entry_point_plugins_and_load_plugins_env(python_subprocess, installed_plugin, load, loaded):
+    code, out, err = _backends_in_subprocess(python_subprocess, installed_plugin, load)
     if loaded is None:
         assert code == 0 and "IQ1Q_LOAD_PLUGINS names 'other', which is not installed" in err
         loaded = True
