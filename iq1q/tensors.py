@@ -22,8 +22,11 @@ def _check_shape(fmt: Format, shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _as_bytes(buf, fmt: Format, rows: int, n: int) -> np.ndarray:
-    """A private, aligned uint8 copy of buf after checking its length."""
-    data = np.frombuffer(buf if not isinstance(buf, np.ndarray) else buf.tobytes(), dtype=np.uint8)
+    """A private, aligned uint8 copy of buf (bytes-like or array) after checking its length."""
+    if isinstance(buf, np.ndarray):
+        data = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    else:
+        data = np.frombuffer(buf, dtype=np.uint8)
     want = rows * fmt.row_size(n)
     if data.size != want:
         raise ValueError(f"{fmt.name} data of shape ({rows}, {n}) must be {want} bytes, got {data.size}")

@@ -121,3 +121,27 @@ def test_row_length_must_fit_both_blocks(rng):
     with pytest.raises(ValueError, match="160 is not a multiple of 128, the larger block of iq1_s_r4"):
         iq1q.matmul(x, W)
     assert iq1q.matmul(x, W, activation="q8_0").shape == (4,)
+
+
+def test_concurrent_callers_get_serial_results(quantized, gaussian):
+    """Kernels release the GIL and share no state: calls from many Python threads at once
+    (each also splitting its rows over the pool) give exactly the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, x = gaussian
+    jobs = [(x[i:i + 4], quantized[fmt], act) for i in range(0, M, 4)
+            for fmt in iq1q.WEIGHT_FORMATS for act in ("q8_0", "q8_k128")]
+    serial = [iq1q.matmul(xi, W, activation=a, threads=1) for xi, W, a in jobs]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(lambda job: iq1q.matmul(job[0], job[1], activation=job[2], threads=2),
+                                 jobs * 3))
+    for i, y in enumerate(parallel):
+        np.testing.assert_array_equal(y, serial[i % len(jobs)])
+
+
+def test_from_bytes_takes_arrays_and_buffers(quantized):
+    W = quantized["iq1_m_r4"]
+    for buf in (W.tobytes(), bytearray(W.tobytes()), memoryview(W.tobytes()), W.data.view(np.int8),
+                W.data.copy()):
+        again = iq1q.QuantizedTensor.from_bytes(buf, "iq1_m_r4", W.shape)
+        assert again.tobytes() == W.tobytes()
