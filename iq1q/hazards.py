@@ -36,13 +36,14 @@ class Fp16Report:
     overflow_blocks: int = 0  # blocks with an fp16 field at +-inf
     underflow_blocks: int = 0  # non-zero blocks whose fp16 scale is zero or subnormal
     first: tuple[int, int, float] | None = None  # (row, block, value) of the first offending block
+    first_overflow: tuple[int, int, float] | None = None  # the same for the first overflowing one
 
     @property
     def ok(self) -> bool:
         return not (self.overflow_blocks or self.underflow_blocks)
 
     def message(self) -> str:
-        row, block, value = self.first
+        row, block, value = self.first_overflow
         return (f"{self.overflow_blocks} block(s) of the activations overflow {self.format}'s fp16 "
                 f"fields (first: row {row}, block {block} of 32 values, value {value:.6g} > 65504); "
                 f"use activation='q8_k128' (float32 scale, integer sums), which cannot overflow")
@@ -52,8 +53,7 @@ def scan(x: np.ndarray, fmt: str) -> Fp16Report:
     """The report of one activation format for finite float32 x of shape (M, K)."""
     if fmt not in FP16_FORMATS:
         return Fp16Report(fmt)
-    over, under, row, block, value = _ref.fp16_hazards(x, FP16_FORMATS[fmt])
-    return Fp16Report(fmt, over, under, (row, block, value) if row >= 0 else None)
+    return Fp16Report(fmt, *_ref.fp16_hazards(x, FP16_FORMATS[fmt]))
 
 
 def check_activations(x) -> dict[str, Fp16Report]:
@@ -83,7 +83,8 @@ def scan_quantized(data: np.ndarray, fmt: str, rows: int, k: int) -> Fp16Report:
     q = blocks[first, 2 * nhalf :].view(np.int8).astype(np.float64)
     value = float(halves[first, 0]) * q.sum() if np.isfinite(halves[first, 0]) else float("inf")
     per_row = k // f.block_size
-    return Fp16Report(fmt, int(bad.sum()), 0, (first // per_row, first % per_row, value))
+    site = (first // per_row, first % per_row, value)
+    return Fp16Report(fmt, int(bad.sum()), 0, site, site)
 
 
 def enforce(report: Fp16Report, policy: str) -> None:

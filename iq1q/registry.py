@@ -54,12 +54,20 @@ class BackendInfo:
     """A registered backend as iq1q.backends() lists it."""
 
     backend: Backend
-    origin: str
+    origin: str  # "builtin", "<distribution> <version>" or "runtime"
     available: bool
 
-    name = property(lambda self: self.backend.name)
-    priority = property(lambda self: self.backend.priority)
-    description = property(lambda self: self.backend.description)
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def priority(self) -> int:
+        return self.backend.priority
+
+    @property
+    def description(self) -> str:
+        return self.backend.description
 
     @property
     def pairs(self) -> tuple[tuple[str, str], ...]:

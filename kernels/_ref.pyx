@@ -14,9 +14,12 @@ cdef extern from "ref.h" nogil:
     const iq1q_dequantize_fn iq1q_ref_dequantizers[]
     const iq1q_gemm_fn iq1q_ref_gemm_table[4][4]
 
+    ctypedef struct iq1q_fp16_site:
+        int64_t row, block
+        float value
     ctypedef struct iq1q_fp16_report:
-        int64_t overflow_blocks, underflow_blocks, first_row, first_block
-        float first_value
+        int64_t overflow_blocks, underflow_blocks
+        iq1q_fp16_site first, first_overflow
     void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
                                iq1q_fp16_report *rep)
 
@@ -111,13 +114,17 @@ def gemm(int wfmt, int afmt, const uint8_t[::1] w, const uint8_t[::1] a, float[:
         fn(&w[0], &a[0], &y[0, 0], K, y.shape[0], row0, row1, y.shape[1])
 
 
+cdef _site(iq1q_fp16_site site):
+    return (site.row, site.block, site.value) if site.row >= 0 else None
+
+
 def fp16_hazards(const float[:, ::1] x, bint with_sum):
-    """(overflow blocks, underflow blocks, first row, first block, first value)
-    of what q8_0 (with_sum false) or q8_1 would store for finite x."""
+    """(overflow blocks, underflow blocks, first offending (row, block, value) or None,
+    first overflowing one or None) of what q8_0 (with_sum false) or q8_1 would store
+    for finite x."""
     cdef iq1q_fp16_report rep
     _check_row_length(IQ1Q_Q8_0, x.shape[1])
     with nogil:
         iq1q_ref_fp16_hazards(&x[0, 0] if x.shape[0] else NULL, x.shape[0], x.shape[1],
                               with_sum, &rep)
-    return (rep.overflow_blocks, rep.underflow_blocks, rep.first_row, rep.first_block,
-            rep.first_value)
+    return rep.overflow_blocks, rep.underflow_blocks, _site(rep.first), _site(rep.first_overflow)

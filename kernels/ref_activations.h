@@ -113,11 +113,15 @@ IQ1Q_ACT_DEQUANTIZER(iq1q_ref_dequantize_q8_k128, Q8_K128, iq1q_block_q8_k128, b
 
 /* ---- fp16 hazards -------------------------------------------------------- */
 
+/* A block of the activations: row, block index in the row, and the float32
+ * value that did not fit in fp16 (row -1: no such block). */
+typedef struct { int64_t row, block; float value; } iq1q_fp16_site;
+
 typedef struct {
     int64_t overflow_blocks;  /* a fp16 field became +-inf */
     int64_t underflow_blocks; /* a non-zero block whose fp16 scale is zero or subnormal */
-    int64_t first_row, first_block; /* first offending block, -1 when clean */
-    float first_value;              /* the float32 value that did not fit */
+    iq1q_fp16_site first;          /* the first offending block of either kind */
+    iq1q_fp16_site first_overflow; /* the first overflowing block */
 } iq1q_fp16_report;
 
 /* Scans raw activations for what q8_0 (with_sum = 0: the scale d) or q8_1
@@ -127,9 +131,9 @@ static void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int 
                                   iq1q_fp16_report *rep) {
     enum { QK = IQ1Q_BLOCK_Q8_0 };
     _Static_assert((int)IQ1Q_BLOCK_Q8_0 == (int)IQ1Q_BLOCK_Q8_1, "q8_0 and q8_1 share a block");
+    const iq1q_fp16_site none = {-1, -1, 0.0f};
     rep->overflow_blocks = rep->underflow_blocks = 0;
-    rep->first_row = rep->first_block = -1;
-    rep->first_value = 0.0f;
+    rep->first = rep->first_overflow = none;
     int8_t q[QK];
     for (int64_t r = 0; r < nrows; ++r) {
         for (int64_t i = 0; i < n / QK; ++i, x += QK) {
@@ -143,13 +147,11 @@ static void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int 
                 const float s = d * (float)iq1q_quantize_q8(x, QK, amax, q);
                 if (!iq1q_fp16_is_finite(iq1q_fp32_to_fp16(s))) { over = 1; value = s; }
             }
+            const iq1q_fp16_site here = {r, i, value};
             rep->overflow_blocks += over;
             rep->underflow_blocks += under;
-            if ((over || under) && rep->first_row < 0) {
-                rep->first_row = r;
-                rep->first_block = i;
-                rep->first_value = value;
-            }
+            if ((over || under) && rep->first.row < 0) rep->first = here;
+            if (over && rep->first_overflow.row < 0) rep->first_overflow = here;
         }
     }
 }

@@ -34,6 +34,16 @@ def test_scale_overflow_and_underflow_rows_and_blocks():
     assert reports["q8_k128"].ok
 
 
+def test_first_overflow_is_reported_apart_from_an_earlier_underflow():
+    x = np.ones((2, 64), np.float32)
+    x[0, :32] = 1e-7  # row 0 block 0 underflows
+    x[1, 32:] = 5000.0  # row 1 block 1: sum 160000 overflows q8_1's s
+    r = iq1q.check_activations(x)["q8_1"]
+    assert r.first[:2] == (0, 0) and r.first_overflow[:2] == (1, 1)
+    assert r.first_overflow[2] == pytest.approx(5000 / 127 * 32 * 127, rel=1e-6)
+    assert "row 1, block 1" in r.message()
+
+
 def test_row_lengths_and_input_checks():
     assert set(iq1q.check_activations(np.ones(96, np.float32))) == {"q8_0", "q8_1"}
     assert set(iq1q.check_activations(np.ones(384, np.float32))) == {"q8_0", "q8_1", "q8_k128"}
