@@ -80,7 +80,8 @@ class BackendInfo:
 
 ALL_PAIRS = tuple((w, a) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS)
 
-_cache: tuple[object, list[BackendInfo]] | None = None
+# (registered plugin objects, their backends); holding the plugins keeps their ids unique
+_cache: tuple[frozenset, list[BackendInfo]] | None = None
 
 
 def backends() -> list[BackendInfo]:
@@ -88,7 +89,7 @@ def backends() -> list[BackendInfo]:
     global _cache
     from .plugins import origin, pm
 
-    key = tuple(sorted(map(id, pm.get_plugins())))
+    key = frozenset(pm.get_plugins())
     if _cache is not None and _cache[0] == key:
         return list(_cache[1])
     found: dict[str, BackendInfo] = {}
