@@ -66,7 +66,7 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
             raise ValueError(f"activations have rows of {qa.row_length} values, W has rows of {K}")
         _check_pair_block(W.format, qa.format, K)
         if overflow != "ignore":
-            hazards.enforce(hazards.scan_quantized(qa.data, qa.format, qa.rows, K), overflow)
+            hazards.enforce(hazards.scan_quantized(qa.data, qa.format, K), overflow)
     else:
         afmt = activation_format(auto_activation(W.format) if activation == "auto" else activation)
         arr = as_float32(x, "activations", (1, 2))

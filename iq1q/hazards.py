@@ -45,7 +45,7 @@ class Fp16Report:
     def message(self) -> str:
         row, block, value = self.first_overflow
         return (f"{self.overflow_blocks} block(s) of the activations overflow {self.format}'s fp16 "
-                f"fields (first: row {row}, block {block} of 32 values, value {value:.6g} > 65504); "
+                f"fields (first: row {row}, block {block} of 32 values, value {value:.6g}, beyond the fp16 range of +-65504); "
                 f"use activation='q8_k128' (float32 scale, integer sums), which cannot overflow")
 
 
@@ -67,7 +67,7 @@ def check_activations(x) -> dict[str, Fp16Report]:
     return {f: scan(arr, f) for f in ACTIVATION_FORMATS if k % activation_format(f).block_size == 0}
 
 
-def scan_quantized(data: np.ndarray, fmt: str, rows: int, k: int) -> Fp16Report:
+def scan_quantized(data: np.ndarray, fmt: str, k: int) -> Fp16Report:
     """The overflow report read back from quantized bytes (no underflow count:
     the original values are gone). Values are recomputed from d and the quants."""
     if fmt not in FP16_FORMATS:
