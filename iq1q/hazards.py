@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _ref
-from .arrays import as_float32, require_finite
+from .arrays import as_float32
 from .formats import ACTIVATION_FORMATS, activation_format
 
 FP16_FORMATS = {"q8_0": False, "q8_1": True}  # format -> whether it stores s = d * sum(q)
@@ -45,15 +45,19 @@ class Fp16Report:
     def message(self) -> str:
         row, block, value = self.first_overflow
         return (f"{self.overflow_blocks} block(s) of the activations overflow {self.format}'s fp16 "
-                f"fields (first: row {row}, block {block} of 32 values, value {value:.6g}, beyond the fp16 range of +-65504); "
-                f"use activation='q8_k128' (float32 scale, integer sums), which cannot overflow")
+                f"fields (first: row {row}, block {block} of 32 values, value {value:.6g}, "
+                f"beyond the fp16 range of +-65504); use activation='q8_k128' (float32 scale, integer sums), which cannot overflow")
 
 
 def scan(x: np.ndarray, fmt: str) -> Fp16Report:
-    """The report of one activation format for finite float32 x of shape (M, K)."""
+    """The report of one activation format for float32 x of shape (M, K);
+    ValueError if x holds NaN or Inf (found by the same native pass)."""
     if fmt not in FP16_FORMATS:
         return Fp16Report(fmt)
-    return Fp16Report(fmt, *_ref.fp16_hazards(x, FP16_FORMATS[fmt]))
+    *fields, bad_row = _ref.fp16_hazards(x, FP16_FORMATS[fmt])
+    if bad_row >= 0:
+        raise ValueError(f"NaN or Inf in activations (first in row {bad_row})")
+    return Fp16Report(fmt, *fields)
 
 
 def check_activations(x) -> dict[str, Fp16Report]:
@@ -61,7 +65,6 @@ def check_activations(x) -> dict[str, Fp16Report]:
     fields would do with x, of shape (M, K) or (K,)."""
     arr = as_float32(x, "activations", (1, 2))
     arr = arr.reshape(1, -1) if arr.ndim == 1 else arr
-    require_finite(arr, "activations")
     k = arr.shape[1]
     activation_format("q8_0").row_size(k)  # the smallest block; raises for a bad row length
     return {f: scan(arr, f) for f in ACTIVATION_FORMATS if k % activation_format(f).block_size == 0}

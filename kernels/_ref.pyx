@@ -20,6 +20,7 @@ cdef extern from "ref.h" nogil:
     ctypedef struct iq1q_fp16_report:
         int64_t overflow_blocks, underflow_blocks
         iq1q_fp16_site first, first_overflow
+        int64_t nonfinite_row
     void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
                                iq1q_fp16_report *rep)
 
@@ -120,11 +121,12 @@ cdef _site(iq1q_fp16_site site):
 
 def fp16_hazards(const float[:, ::1] x, bint with_sum):
     """(overflow blocks, underflow blocks, first offending (row, block, value) or None,
-    first overflowing one or None) of what q8_0 (with_sum false) or q8_1 would store
-    for finite x."""
+    first overflowing one or None, first row holding NaN/Inf or -1) of what q8_0
+    (with_sum false) or q8_1 would store for x."""
     cdef iq1q_fp16_report rep
     _check_row_length(IQ1Q_Q8_0, x.shape[1])
     with nogil:
         iq1q_ref_fp16_hazards(&x[0, 0] if x.shape[0] else NULL, x.shape[0], x.shape[1],
                               with_sum, &rep)
-    return rep.overflow_blocks, rep.underflow_blocks, _site(rep.first), _site(rep.first_overflow)
+    return (rep.overflow_blocks, rep.underflow_blocks, _site(rep.first), _site(rep.first_overflow),
+            rep.nonfinite_row)

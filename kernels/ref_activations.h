@@ -122,11 +122,13 @@ typedef struct {
     int64_t underflow_blocks; /* a non-zero block whose fp16 scale is zero or subnormal */
     iq1q_fp16_site first;          /* the first offending block of either kind */
     iq1q_fp16_site first_overflow; /* the first overflowing block */
+    int64_t nonfinite_row;         /* the first row holding NaN or Inf, or -1 */
 } iq1q_fp16_report;
 
 /* Scans raw activations for what q8_0 (with_sum = 0: the scale d) or q8_1
  * (with_sum = 1: d and s = d * sum q) would store, computing exactly what
- * the quantizers above compute. x must be finite. */
+ * the quantizers above compute. Blocks holding NaN or Inf are not counted;
+ * the first row with one is reported instead. */
 static void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
                                   iq1q_fp16_report *rep) {
     enum { QK = IQ1Q_BLOCK_Q8_0 };
@@ -134,11 +136,16 @@ static void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int 
     const iq1q_fp16_site none = {-1, -1, 0.0f};
     rep->overflow_blocks = rep->underflow_blocks = 0;
     rep->first = rep->first_overflow = none;
+    rep->nonfinite_row = -1;
     int8_t q[QK];
     for (int64_t r = 0; r < nrows; ++r) {
         for (int64_t i = 0; i < n / QK; ++i, x += QK) {
             int bad = 0;
             const float amax = iq1q_absmax(x, QK, &bad);
+            if (bad) {
+                if (rep->nonfinite_row < 0) rep->nonfinite_row = r;
+                continue;
+            }
             const float d = amax / 127.0f;
             float value = d;
             int over = !iq1q_fp16_is_finite(iq1q_fp32_to_fp16(d));
