@@ -6,6 +6,7 @@ are imported only where iq1q._cpu says the CPU has those features.
 """
 
 import os
+import sysconfig
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -25,8 +26,20 @@ def extension(name: str, flags: list[str]) -> Extension:
     )
 
 
+# Kernel modules per target instruction set: each is imported only where
+# iq1q.cpu reports these features (iq1q/builtin_backends/).
+X86_64_KERNELS = {
+    "_avx2": ["-O3", "-mavx2", "-mfma", "-mf16c"],
+    "_avx512": ["-O3", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                "-mavx512dq", "-mavx512vnni"],
+}
+
+
 def extensions() -> list[Extension]:
-    return [extension("_cpu", []), extension("_ref", [])]
+    # the target's platform (honours _PYTHON_HOST_PLATFORM when cross-compiling)
+    isa = X86_64_KERNELS if sysconfig.get_platform().endswith(("x86_64", "amd64")) else {}
+    base = [extension("_cpu", []), extension("_pool", ["-pthread"]), extension("_ref", [])]
+    return base + [extension(name, flags) for name, flags in isa.items()]
 
 
 setup(ext_modules=cythonize(extensions(), include_path=[KERNELS], language_level=3, quiet=True))

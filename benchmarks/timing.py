@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
+import os
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def best_time(fn: Callable[[], object], min_seconds: float = 0.3, min_runs: int = 3) -> float:
@@ -16,3 +24,71 @@ def best_time(fn: Callable[[], object], min_seconds: float = 0.3, min_runs: int 
         dt = time.perf_counter() - t0
         best, total, runs = min(best, dt), total + dt, runs + 1
     return best
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of one timed configuration, in seconds."""
+
+    median: float
+    min: float
+    max: float
+    reps: int
+    others_cpu: float | None = None  # CPUs' worth of other processes' work during the window
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all CPUs have spent not idle since boot (/proc/stat), None if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu(busy0: float | None, own0: float, wall0: float) -> float | None:
+    """CPUs' worth of work by other processes (and the host's steal) since the marks
+    busy0 = _busy_seconds(), own0 = time.process_time(), wall0 = time.perf_counter()."""
+    busy1, own1, wall1 = _busy_seconds(), time.process_time(), time.perf_counter()
+    if busy0 is None or busy1 is None or wall1 <= wall0:
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+
+
+def median_time(fn: Callable[[], object], min_reps: int = 20, min_seconds: float = 0.25,
+                max_seconds: float = 10.0, warmup: int = 2) -> Timing:
+    """Median wall time of fn, timed the way ikbench times ik_llama.cpp.
+
+    After `warmup` untimed calls, fn runs until it has been timed at least min_reps times
+    and the timed calls add up to at least min_seconds; a slow fn stops once the timed
+    calls pass max_seconds (with at least 3 reps). The garbage collector is off meanwhile.
+    Timing.others_cpu tells how busy the rest of the machine was (1/100 s resolution).
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    total = 0.0
+    enabled = gc.isenabled()
+    gc.disable()
+    marks = _busy_seconds(), time.process_time(), time.perf_counter()
+    try:
+        while (len(times) < min_reps or total < min_seconds) and not (
+                total >= max_seconds and len(times) >= 3):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            total += dt
+    finally:
+        if enabled:
+            gc.enable()
+    return Timing(statistics.median(times), min(times), max(times), len(times), others_cpu(*marks))
+
+
+def rotating(items: Sequence[T], fn: Callable[[T], object]) -> Callable[[], object]:
+    """A zero-argument callable that calls fn on the next item of items on every call
+    (round robin): with enough copies of the data, each call reads it from DRAM."""
+    it = itertools.cycle(items)
+    return lambda: fn(next(it))

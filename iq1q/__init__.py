@@ -5,6 +5,7 @@ ik_llama.cpp and GGUF, multiplied against activations quantized on the fly to
 q8_0, q8_1, q8_k or q8_k128 by pluggable native backends.
 """
 
+from . import cpu
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, Format, format_info
 from .gemm import matmul, quantize_activations
 from .hazards import Fp16OverflowError, Fp16OverflowWarning, Fp16Report, check_activations
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATION_FORMATS", "WEIGHT_FORMATS", "Backend", "BackendInfo", "Format",
     "Fp16OverflowError", "Fp16OverflowWarning", "Fp16Report", "QuantizedActivations",
-    "QuantizedTensor", "backends", "check_activations", "dequantize", "format_info",
+    "QuantizedTensor", "backends", "check_activations", "cpu", "dequantize", "format_info",
     "get_backend", "hookimpl", "kernel_table", "matmul", "plugins", "quantize",
     "quantize_activations",
 ]

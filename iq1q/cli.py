@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import _cpu, check_activations, dequantize, matmul, quantize, registry
+from . import check_activations, cpu, dequantize, matmul, quantize, registry
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
 from .report import table
 
@@ -68,8 +68,13 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    feats = _cpu.features()
-    print("CPU features: " + (" ".join(f for f, on in feats.items() if on) or "(none detected)"))
+    found = " ".join(f for f, on in cpu.detected().items() if on) or "(none detected)"
+    masked = cpu.masked()
+    off = [f for f in cpu.known() if f in masked]  # in detection order, like the features
+    print(f"CPU features: {found}" + (f" (masked by {cpu.ENV_DISABLE}: {' '.join(off)})" if off else ""))
+    if state := cpu.os_support():  # x86-64 only
+        yes = {True: "yes", False: "no"}
+        print(f"OS register state (XCR0): AVX {yes[state['avx']]}, AVX-512 {yes[state['avx512']]}")
     print("\nBackends (highest priority first)")
     print(table(["name", "priority", "available", "pairs", "origin", "description"],
                  [[b.name, b.priority, "yes" if b.available else "no", len(b.pairs), b.origin,

@@ -8,11 +8,9 @@ from . import hazards, registry
 from .arrays import as_float32
 from .formats import activation_format, format_info
 from .tensors import QuantizedActivations, QuantizedTensor, _check_shape
-from .threads import run_rows
+from .threads import num_threads
 
 OVERFLOW_POLICIES = ("raise", "warn", "ignore")
-# below this many rows per thread, splitting costs more than it saves
-MIN_ROWS_PER_THREAD = 64
 
 
 def auto_activation(weight_format: str) -> str:
@@ -33,13 +31,11 @@ def _quantize(x2: np.ndarray, fmt: str, backend: str | None, threads: int | None
               vector: bool) -> QuantizedActivations:
     f = activation_format(fmt)
     rows, n = _check_shape(f, x2.shape)
-    _, quantizer = registry.activation_quantizer(fmt, backend)
+    _, quantizer = registry.activation_quantizer(f.name, backend)
     out = np.empty(rows * f.row_size(n), dtype=np.uint8)
-    if rows:
-        bad = [b for b in run_rows(lambda a, b: quantizer(x2, out, a, b), rows, 1, threads,
-                                   min_rows=MIN_ROWS_PER_THREAD) if b >= 0]
-        if bad:
-            raise ValueError(f"NaN or Inf in activations (first in row {min(bad)})")
+    bad = quantizer(x2, out, num_threads(threads))  # the native side splits the rows
+    if bad >= 0:
+        raise ValueError(f"NaN or Inf in activations (first in row {bad})")
     return QuantizedActivations(f, rows, n, out, vector=vector)
 
 
@@ -78,11 +74,11 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
         if overflow != "ignore":
             hazards.enforce(hazards.scan(x2, afmt.name), overflow)
         qa = _quantize(x2, afmt.name, backend, threads, vector)
-    _, kernel = registry.kernel(W.format, qa.format, backend)
+    route = registry.route(W.format, qa.format, backend)
+    nthreads = num_threads(threads)
+    w = W._packed_for(route.packer, nthreads) if route.packer else W.data
     y = np.empty((qa.rows, N), dtype=np.float32)
-    if N and qa.rows:
-        run_rows(lambda a, b: kernel(W.data, qa.data, y, K, a, b), N, format_info(W.format).rows_per_group,
-                 threads, min_rows=MIN_ROWS_PER_THREAD)
+    route.kernel(w, qa.data, y, K, nthreads)  # the native side splits the work
     return y[0] if vector else y
 
 

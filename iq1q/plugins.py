@@ -22,6 +22,8 @@ ENV_LOAD_PLUGINS = "IQ1Q_LOAD_PLUGINS"
 
 DEFAULT_PLUGINS = (
     "iq1q.builtin_backends.ref",
+    "iq1q.builtin_backends.avx2",
+    "iq1q.builtin_backends.avx512",
 )
 
 pm = pluggy.PluginManager("iq1q")

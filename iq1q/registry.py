@@ -17,12 +17,17 @@ import numpy as np
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
+ENV_DISABLE_CPU = "IQ1Q_DISABLE_CPU_FEATURES"  # iq1q.cpu reads it; a change re-registers backends
 
-# kernel(w_bytes, a_bytes, y, K, row0, row1): y[:, row0:row1] = X @ W[row0:row1].T, where y is
-# (M, N) float32 and the bytes hold whole tensors; releases the GIL, safe on disjoint row ranges.
-GemmKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int, int], None]
-# quantizer(x, out, row0, row1) -> first row holding NaN/Inf, or -1; x is (M, K) float32.
-ActivationQuantizer = Callable[[np.ndarray, np.ndarray, int, int], int]
+# kernel(w, a_bytes, y, K, threads): y = X @ W.T, where y is (M, N) float32, a_bytes the whole
+# activation tensor and w the weight tensor's ggml bytes, or what the backend's packer made of
+# them; runs on up to `threads` threads (its own split), releases the GIL.
+GemmKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], None]
+# quantizer(x, out, threads) -> first row holding NaN/Inf, or -1; x is (M, K) float32.
+ActivationQuantizer = Callable[[np.ndarray, np.ndarray, int], int]
+# packer(format id, ggml bytes, N, K, threads) -> the weights in the backend's own layout,
+# made once per tensor and kept with it.
+WeightPacker = Callable[[int, np.ndarray, int, int, int], np.ndarray]
 
 
 def _always() -> bool:
@@ -36,6 +41,7 @@ class Backend:
     name: str
     kernels: Mapping[tuple[str, str], GemmKernel] = field(default_factory=dict, repr=False)
     activation_quantizers: Mapping[str, ActivationQuantizer] = field(default_factory=dict, repr=False)
+    weight_packers: Mapping[str, WeightPacker] = field(default_factory=dict, repr=False)
     priority: int = 0
     is_available: Callable[[], bool] = field(default=_always, repr=False)  # e.g. a CPU feature check
     description: str = ""
@@ -47,6 +53,8 @@ class Backend:
             weight_format(w), activation_format(a)
         for a in self.activation_quantizers:
             activation_format(a)
+        for w in self.weight_packers:
+            weight_format(w)
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,17 @@ class BackendInfo:
 
 ALL_PAIRS = tuple((w, a) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS)
 
-# (registered plugin objects, their backends); holding the plugins keeps their ids unique
-_cache: tuple[frozenset, list[BackendInfo]] | None = None
+# (registered plugin objects and the CPU feature mask, their backends); holding the plugins
+# keeps their ids unique
+_cache: tuple[tuple, list[BackendInfo]] | None = None
+# (cache key, backend asked for, format pair or activation format) -> route; cleared with _cache
+_routes: dict = {}
+
+
+def _key() -> tuple:
+    from .plugins import pm
+
+    return frozenset(pm.get_plugins()), os.environ.get(ENV_DISABLE_CPU, "")
 
 
 def backends() -> list[BackendInfo]:
@@ -89,7 +106,7 @@ def backends() -> list[BackendInfo]:
     global _cache
     from .plugins import origin, pm
 
-    key = frozenset(pm.get_plugins())
+    key = _key()
     if _cache is not None and _cache[0] == key:
         return list(_cache[1])
     found: dict[str, BackendInfo] = {}
@@ -106,6 +123,7 @@ def backends() -> list[BackendInfo]:
         impl.function(register=register)
     result = sorted(found.values(), key=lambda b: (-b.priority, b.name))
     _cache = (key, result)
+    _routes.clear()
     return list(result)
 
 
@@ -139,21 +157,50 @@ def _search_order(name: str | None) -> list[BackendInfo]:
     return ([first] if first else []) + rest
 
 
+@dataclass(frozen=True)
+class Route:
+    """What serves a format pair: the backend's name, its kernel and, when the
+    backend repacks weights of this format, its packer."""
+
+    backend: str
+    kernel: GemmKernel
+    packer: WeightPacker | None
+
+
+def route(weight: str, activation: str, backend: str | None = None) -> Route:
+    """The Route of a format pair, looked up once per backend set and then cached."""
+    key = (_key(), backend, os.environ.get(ENV_BACKEND), weight, activation)
+    found = _routes.get(key)
+    if found is None:
+        pair = (weight_format(weight).name, activation_format(activation).name)
+        for b in _search_order(backend):
+            if pair in b.backend.kernels:
+                found = Route(b.name, b.backend.kernels[pair], b.backend.weight_packers.get(pair[0]))
+                break
+        else:
+            raise LookupError(f"no available backend serves {pair[0]} x {pair[1]}")
+        _routes[key] = found
+    return found
+
+
 def kernel(weight: str, activation: str, backend: str | None = None) -> tuple[str, GemmKernel]:
     """(serving backend's name, kernel) for a format pair."""
-    pair = (weight_format(weight).name, activation_format(activation).name)
-    for b in _search_order(backend):
-        if pair in b.backend.kernels:
-            return b.name, b.backend.kernels[pair]
-    raise LookupError(f"no available backend serves {pair[0]} x {pair[1]}")
+    r = route(weight, activation, backend)
+    return r.backend, r.kernel
 
 
 def activation_quantizer(fmt: str, backend: str | None = None) -> tuple[str, ActivationQuantizer]:
-    name = activation_format(fmt).name
-    for b in _search_order(backend):
-        if name in b.backend.activation_quantizers:
-            return b.name, b.backend.activation_quantizers[name]
-    raise LookupError(f"no available backend quantizes activations to {name}")
+    key = (_key(), backend, os.environ.get(ENV_BACKEND), fmt)
+    found = _routes.get(key)
+    if found is None:
+        name = activation_format(fmt).name
+        for b in _search_order(backend):
+            if name in b.backend.activation_quantizers:
+                found = _routes[key] = (b.name, b.backend.activation_quantizers[name])
+                break
+        else:
+            raise LookupError(f"no available backend quantizes activations to {name}")
+    return found
 
 
 def kernel_table(backend: str | None = None) -> dict[tuple[str, str], str]:

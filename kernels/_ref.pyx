@@ -89,30 +89,44 @@ def dequantize(int fmt, const uint8_t[::1] data, float[:, ::1] out, int64_t row0
         fn(&data[row0 * rs], &out[row0, 0], row1 - row0, out.shape[1])
 
 
-def quantize_activations(int fmt, const float[:, ::1] x, uint8_t[::1] out,
-                         int64_t row0, int64_t row1):
-    """Quantize activation rows [row0, row1); returns the first row with NaN/Inf or -1."""
-    cdef size_t rs = _check_rows(fmt, x.shape[0], x.shape[1], out.shape[0], row0, row1, False)
+def quantize_activations(int fmt, const float[:, ::1] x, uint8_t[::1] out, int threads):
+    """Quantize the activation rows of x into out; returns the first row with NaN/Inf or -1."""
+    _info(fmt)
     if fmt < IQ1Q_Q8_0:
         raise ValueError(f"{format_name(fmt)} is not an activation format")
-    if row1 == row0:
-        return -1
-    cdef iq1q_act_quantize_fn fn = iq1q_ref_act_quantizers[fmt - IQ1Q_Q8_0]
-    cdef int64_t bad
-    with nogil:
-        bad = fn(&x[row0, 0], &out[row0 * rs], row1 - row0, x.shape[1])
-    return bad if bad < 0 else bad + row0
+    return _run_act_quantizer(iq1q_ref_act_quantizers[fmt - IQ1Q_Q8_0], fmt, x, out, threads)
+
+
+ctypedef struct _gemm_job:
+    iq1q_gemm_fn fn
+    const uint8_t *w
+    const uint8_t *a
+    float *y
+    int64_t K, M, N, rows_per_task
+
+
+cdef void _gemm_task(void *ctx, int64_t t) noexcept nogil:
+    cdef _gemm_job *j = <_gemm_job *>ctx
+    cdef int64_t r0 = t * j.rows_per_task
+    j.fn(j.w, j.a, j.y, j.K, j.M, r0, min(r0 + j.rows_per_task, j.N), j.N)
 
 
 def gemm(int wfmt, int afmt, const uint8_t[::1] w, const uint8_t[::1] a, float[:, ::1] y,
-         int64_t K, int64_t row0, int64_t row1):
-    """y[:, row0:row1] = X @ W[row0:row1].T for the whole activation matrix."""
-    _check_gemm(wfmt, afmt, w.shape[0], a.shape[0], y.shape[0], y.shape[1], K, row0, row1)
-    if row1 == row0 or y.shape[0] == 0:
+         int64_t K, int threads):
+    """y = X @ W.T for whole tensors (y is M x N), on up to `threads` threads."""
+    _check_gemm(wfmt, afmt, w.shape[0], a.shape[0], y.shape[0], y.shape[1], K, 0, y.shape[1])
+    _check_threads(threads)
+    if y.shape[1] == 0 or y.shape[0] == 0:
         return
-    cdef iq1q_gemm_fn fn = iq1q_ref_gemm_table[wfmt][afmt - IQ1Q_Q8_0]
+    cdef _gemm_job j
+    j.fn, j.w, j.a, j.y = iq1q_ref_gemm_table[wfmt][afmt - IQ1Q_Q8_0], &w[0], &a[0], &y[0, 0]
+    j.K, j.M, j.N = K, y.shape[0], y.shape[1]
+    cdef int64_t group = iq1q_format_infos[wfmt].rows_per_group
+    # tasks of whole row groups, at least 64 rows each
+    cdef int64_t ntasks = _ntasks(j.N // group, threads, 64 // group)
+    j.rows_per_task = group * ((j.N // group + ntasks - 1) // ntasks)
     with nogil:
-        fn(&w[0], &a[0], &y[0, 0], K, y.shape[0], row0, row1, y.shape[1])
+        pool_run(_gemm_task, &j, (j.N + j.rows_per_task - 1) // j.rows_per_task, threads)
 
 
 cdef _site(iq1q_fp16_site site):

@@ -10,6 +10,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the independent oracle (tests/oracle.py)
 
 
+BUILTIN_BACKENDS = ("ref", "avx2", "avx512")
+
+
+@pytest.fixture(params=BUILTIN_BACKENDS)
+def backend(request):
+    """Each built-in backend; skipped where this CPU cannot run it."""
+    import iq1q
+
+    info = next(b for b in iq1q.backends() if b.name == request.param)
+    if not info.available:
+        pytest.skip(f"backend {info.name} is not available here: {info.description}")
+    return info.name
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
@@ -18,7 +32,7 @@ def rng():
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     """Tests start from the default backend choice and thread count."""
-    for var in ("IQ1Q_BACKEND", "IQ1Q_NUM_THREADS"):
+    for var in ("IQ1Q_BACKEND", "IQ1Q_NUM_THREADS", "IQ1Q_DISABLE_CPU_FEATURES"):
         monkeypatch.delenv(var, raising=False)
 
 

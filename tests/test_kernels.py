@@ -1,4 +1,5 @@
-"""The reference GEMM kernels (kernels/ref_gemm.h) through iq1q.matmul(backend="ref").
+"""The GEMM kernels of every built-in backend (kernels/ref_gemm.h, kernels/x86.h) through
+iq1q.matmul(backend=...); a backend this CPU cannot run is skipped.
 
 Every (weight, activation) pair is checked on random valid bytes against the
 independent float64 oracle (tests/oracle.py, written from SPEC.md), and the
@@ -25,10 +26,10 @@ def _pair_id(pair):
     return f"{pair[0]}-{pair[1]}"
 
 
-def _run(abytes, afmt, wbytes, wfmt, M, N, K, **kw):
+def _run(abytes, afmt, wbytes, wfmt, M, N, K, backend, **kw):
     qa = iq1q.QuantizedActivations.from_bytes(abytes, afmt, (M, K))
     qw = iq1q.QuantizedTensor.from_bytes(wbytes, wfmt, (N, K))
-    y = iq1q.matmul(qa, qw, backend="ref", overflow="ignore", **kw)
+    y = iq1q.matmul(qa, qw, backend=backend, overflow="ignore", **kw)
     assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == (M, N)
     return y
 
@@ -110,43 +111,43 @@ def _shapes(pair):
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=_pair_id)
-def test_pair_matches_oracle_on_random_bytes(pair):
+def test_pair_matches_oracle_on_random_bytes(pair, backend):
     wfmt, afmt = pair
     rng = np.random.default_rng(PAIRS.index(pair) + 100)
     for M, N, K in _shapes(pair):
         wbytes = oracle.random_weights(rng, wfmt, N, K)
         abytes = oracle.random_activations(rng, afmt, M, K)
-        y = _run(abytes, afmt, wbytes, wfmt, M, N, K)
+        y = _run(abytes, afmt, wbytes, wfmt, M, N, K, backend=backend)
         _assert_close(y, oracle.matmul_f64(abytes, afmt, wbytes, wfmt, M, N, K))
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=_pair_id)
-def test_pair_threads_give_identical_results(pair):
+def test_pair_threads_give_identical_results(pair, backend):
     """Row ranges split across threads (the kernels run concurrently) change nothing."""
     wfmt, afmt = pair
     rng = np.random.default_rng(PAIRS.index(pair) + 200)
     M, N, K = 3, 264, oracle.min_k(wfmt, afmt) * 2
     wbytes = oracle.random_weights(rng, wfmt, N, K)
     abytes = oracle.random_activations(rng, afmt, M, K)
-    y1 = _run(abytes, afmt, wbytes, wfmt, M, N, K, threads=1)
-    y4 = _run(abytes, afmt, wbytes, wfmt, M, N, K, threads=4)
+    y1 = _run(abytes, afmt, wbytes, wfmt, M, N, K, threads=1, backend=backend)
+    y4 = _run(abytes, afmt, wbytes, wfmt, M, N, K, threads=4, backend=backend)
     np.testing.assert_array_equal(y1, y4)
     _assert_close(y1, oracle.matmul_f64(abytes, afmt, wbytes, wfmt, M, N, K))
 
 
 @pytest.mark.parametrize("wfmt", oracle.WEIGHT_FORMATS)
-def test_only_iq1_s_r4_reads_q8_1_s(wfmt):
+def test_only_iq1_s_r4_reads_q8_1_s(wfmt, backend):
     """Every pair but iq1_s_r4 x q8_1 derives its sums from d and the quants."""
     rng = np.random.default_rng(7)
     M, N, K = 2, 4, 256
     wbytes = oracle.random_weights(rng, wfmt, N, K)
     abytes = oracle.random_activations(rng, "q8_1", M, K)
-    good = _run(abytes, "q8_1", wbytes, wfmt, M, N, K)
+    good = _run(abytes, "q8_1", wbytes, wfmt, M, N, K, backend=backend)
     bad = abytes.reshape(M, K // 32, 36).copy()
     bad[:, 0, 2:4] = np.frombuffer(np.float16(np.inf).tobytes(), np.uint8)
     bad[:, 1, 2:4] = np.frombuffer(np.float16(-np.inf).tobytes(), np.uint8)
     bad[:, 2:, 2:4] = 0x55
-    y = _run(bad.reshape(-1), "q8_1", wbytes, wfmt, M, N, K)
+    y = _run(bad.reshape(-1), "q8_1", wbytes, wfmt, M, N, K, backend=backend)
     if wfmt == "iq1_s_r4":
         assert np.isnan(y).all()
     else:
@@ -154,15 +155,15 @@ def test_only_iq1_s_r4_reads_q8_1_s(wfmt):
 
 
 @pytest.mark.parametrize("wfmt", oracle.WEIGHT_FORMATS)
-def test_q8_k_float_sum_is_not_read(wfmt):
+def test_q8_k_float_sum_is_not_read(wfmt, backend):
     rng = np.random.default_rng(8)
     M, N, K = 2, 4, 512
     wbytes = oracle.random_weights(rng, wfmt, N, K)
     abytes = oracle.random_activations(rng, "q8_k", M, K)
-    good = _run(abytes, "q8_k", wbytes, wfmt, M, N, K)
+    good = _run(abytes, "q8_k", wbytes, wfmt, M, N, K, backend=backend)
     bad = abytes.reshape(M, K // 256, 296).copy()
     bad[:, :, 4:8] = np.frombuffer(np.float32(np.nan).tobytes(), np.uint8)
-    np.testing.assert_array_equal(_run(bad.reshape(-1), "q8_k", wbytes, wfmt, M, N, K), good)
+    np.testing.assert_array_equal(_run(bad.reshape(-1), "q8_k", wbytes, wfmt, M, N, K, backend=backend), good)
 
 
 # ---------------------------------------------------------------------------
@@ -175,15 +176,15 @@ SPEC_11_1 = Q8_K128_11_1
     (IQ1_S_R4_GROUP, "iq1_s_r4", IQ1_S_R4_EXACT),
     (IQ1_M_R4_GROUP, "iq1_m_r4", IQ1_M_R4_EXACT),
 ], ids=["11.2-iq1_s_r4", "11.3-iq1_m_r4"])
-def test_spec_11_groups(group, wfmt, exact):
+def test_spec_11_groups(group, wfmt, exact, backend):
     w = group
     assert len(w) == {"iq1_s_r4": 104, "iq1_m_r4": 120}[wfmt]
     assert len(SPEC_11_1) == 140
-    y = _run(SPEC_11_1, "q8_k128", w, wfmt, 1, 4, 128)
+    y = _run(SPEC_11_1, "q8_k128", w, wfmt, 1, 4, 128, backend=backend)
     _assert_close(y[0], exact)
     # the same through matmul's own quantization of x
     qw = iq1q.QuantizedTensor.from_bytes(w, wfmt, (4, 128))
-    y2 = iq1q.matmul(activation_11_1()[None, :], qw, activation="q8_k128", backend="ref")
+    y2 = iq1q.matmul(activation_11_1()[None, :], qw, activation="q8_k128", backend=backend)
     np.testing.assert_array_equal(y2, y)
 
 
@@ -205,39 +206,39 @@ def _q8_1_blocks_11_4() -> bytes:
     return b"".join(out)
 
 
-def test_spec_11_4_q8_1_gives_nan_in_all_rows():
+def test_spec_11_4_q8_1_gives_nan_in_all_rows(backend):
     w = IQ1_S_R4_GROUP
-    y = _run(_q8_1_blocks_11_4(), "q8_1", w, "iq1_s_r4", 1, 4, 128)
+    y = _run(_q8_1_blocks_11_4(), "q8_1", w, "iq1_s_r4", 1, 4, 128, backend=backend)
     assert np.isnan(y).all(), y
     assert np.isnan(oracle.matmul_f64(_q8_1_blocks_11_4(), "q8_1", w, "iq1_s_r4", 1, 4, 128)).all()
     # the same with iq1q's own q8_1 quantization of the SPEC 11.4 activation
     qa = iq1q.quantize_activations(activation_11_4()[None, :], "q8_1")
     qw = iq1q.QuantizedTensor.from_bytes(w, "iq1_s_r4", (4, 128))
-    y2 = iq1q.matmul(qa, qw, backend="ref", overflow="ignore")
+    y2 = iq1q.matmul(qa, qw, backend=backend, overflow="ignore")
     assert y2.shape == (1, 4) and np.isnan(y2).all(), y2
 
 
-def test_spec_11_4_other_pairs_stay_finite_on_the_same_q8_1():
+def test_spec_11_4_other_pairs_stay_finite_on_the_same_q8_1(backend):
     """Only the historical kernel reads the infinite s."""
     abytes = _q8_1_blocks_11_4()
     w = IQ1_M_R4_GROUP
-    y = _run(abytes, "q8_1", w, "iq1_m_r4", 1, 4, 128)
+    y = _run(abytes, "q8_1", w, "iq1_m_r4", 1, 4, 128, backend=backend)
     _assert_close(y, oracle.matmul_f64(abytes, "q8_1", w, "iq1_m_r4", 1, 4, 128))
     rng = np.random.default_rng(9)
     ab = abytes * 2  # K = 256 for the plain formats
     for wfmt in ("iq1_s", "iq1_m"):
         w = oracle.random_weights(rng, wfmt, 4, 256)
-        y = _run(ab, "q8_1", w, wfmt, 1, 4, 256)
+        y = _run(ab, "q8_1", w, wfmt, 1, 4, 256, backend=backend)
         _assert_close(y, oracle.matmul_f64(ab, "q8_1", w, wfmt, 1, 4, 256))
 
 
-def test_spec_11_4_q8_k128_is_finite():
+def test_spec_11_4_q8_k128_is_finite(backend):
     w = IQ1_S_R4_GROUP
     a = q8_k128_11_4()
-    y = _run(a, "q8_k128", w, "iq1_s_r4", 1, 4, 128)
+    y = _run(a, "q8_k128", w, "iq1_s_r4", 1, 4, 128, backend=backend)
     _assert_close(y[0], IQ1_S_R4_OVERFLOW_K128)  # ik_llama's float output
     _assert_close(y, oracle.matmul_f64(a, "q8_k128", w, "iq1_s_r4", 1, 4, 128))
     # and through matmul's own quantization (the default activation for _r4)
     qw = iq1q.QuantizedTensor.from_bytes(w, "iq1_s_r4", (4, 128))
-    y2 = iq1q.matmul(activation_11_4()[None, :], qw, backend="ref")
+    y2 = iq1q.matmul(activation_11_4()[None, :], qw, backend=backend)
     np.testing.assert_array_equal(y2, y)

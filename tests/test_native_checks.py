@@ -16,7 +16,7 @@ def gemm_args(N=8, K=256, M=2):
 
 def test_gemm_accepts_good_buffers():
     w, a, y, K = gemm_args()
-    _ref.gemm(S_R4, Q8_K128, w, a, y, K, 0, 8)
+    _ref.gemm(S_R4, Q8_K128, w, a, y, K, 2)
     assert not y.any()
 
 
@@ -25,9 +25,7 @@ def test_gemm_accepts_good_buffers():
     (dict(a=np.zeros(559, np.uint8)), "q8_k128 data of 2 x 256 must be 560 bytes, got 559"),
     (dict(K=128), "must be 208 bytes, got 400"),
     (dict(K=96), "K = 96 is not a positive multiple of 128"),
-    (dict(row1=12), r"row range \[0, 12\) is not whole row groups of 8 rows"),
-    (dict(row0=2), r"row range \[2, 8\)"),
-    (dict(row0=8, row1=4), r"row range \[8, 4\)"),
+    (dict(threads=0), "threads must be at least 1, got 0"),
     (dict(wfmt=Q8_0), "gemm takes a weight and an activation format"),
     (dict(afmt=M_R4), "gemm takes a weight and an activation format"),
     (dict(afmt=99), "unknown format id 99"),
@@ -36,18 +34,18 @@ def test_gemm_accepts_good_buffers():
 ])
 def test_gemm_rejects_bad_buffers(change, message):
     w, a, y, K = gemm_args()
-    args = dict(wfmt=S_R4, afmt=Q8_K128, w=w, a=a, y=y, K=K, row0=0, row1=8) | change
+    args = dict(wfmt=S_R4, afmt=Q8_K128, w=w, a=a, y=y, K=K, threads=1) | change
     with pytest.raises(ValueError, match=message):
         _ref.gemm(args["wfmt"], args["afmt"], args["w"], args["a"], args["y"], args["K"],
-                  args["row0"], args["row1"])
+                  args["threads"])
 
 
 def test_gemm_rejects_wrong_dtypes():
     w, a, y, K = gemm_args()
     with pytest.raises(ValueError, match="Buffer dtype mismatch"):
-        _ref.gemm(S_R4, Q8_K128, w, a, y.astype(np.float64), K, 0, 8)
+        _ref.gemm(S_R4, Q8_K128, w, a, y.astype(np.float64), K, 1)
     with pytest.raises(ValueError, match="ndarray is not C-contiguous"):
-        _ref.gemm(S_R4, Q8_K128, w, a, np.zeros((8, 2), np.float32).T, K, 0, 8)
+        _ref.gemm(S_R4, Q8_K128, w, a, np.zeros((8, 2), np.float32).T, K, 1)
 
 
 def test_quantize_and_dequantize_check_sizes():
@@ -61,4 +59,4 @@ def test_quantize_and_dequantize_check_sizes():
     with pytest.raises(ValueError, match="must be 136 bytes, got 10"):
         _ref.dequantize(Q8_0, np.zeros(10, np.uint8), np.zeros((1, 128), np.float32), 0, 1)
     with pytest.raises(ValueError, match="iq1_s_r4 is not an activation format"):
-        _ref.quantize_activations(S_R4, x, np.zeros(200, np.uint8), 0, 4)
+        _ref.quantize_activations(S_R4, x, np.zeros(200, np.uint8), 1)

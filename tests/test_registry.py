@@ -19,9 +19,9 @@ class Recorder:
         self.calls = []
 
     def _kernel(self, pair):
-        def kernel(w, a, y, K, row0, row1):
-            self.calls.append((pair, row0, row1))
-            registry.kernel(*pair, backend="ref")[1](w, a, y, K, row0, row1)
+        def kernel(w, a, y, K, threads):
+            self.calls.append((pair, threads))
+            registry.kernel(*pair, backend="ref")[1](w, a, y, K, threads)
         return kernel
 
     @iq1q.hookimpl
