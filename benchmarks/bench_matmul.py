@@ -32,13 +32,13 @@ targets for the speed-up over ik (R4 x q8_k128: 2.0 2.0 2.5 3.0 at M = 1 8 32 25
 q8_k: 1.6 1.6 1.3 1.3) with each line's two-thread scaling (t=1 ms / t=2 ms; 2 is perfect).
 
 Weights are cold by default, as in inference: each call uses the next of several copies of
-W totalling >= 128 MiB (--cold-mb MB, like ikbench's), so they come from DRAM; --hot (same as
---cold-mb 0) times one cache-hot copy. Activations stay hot. Every copy is multiplied once
+W totalling >= 128 MiB (--cold-mb MB; at most 4096 copies, as ikbench's), so they come from
+DRAM; --hot (same as --cold-mb 0) times one cache-hot copy. Activations stay hot. Every copy is multiplied once
 before timing, since a backend may repack a tensor on its first matmul. Timing, like
 ikbench: 2 warm-up calls, then the median of >= 20 calls (>= 7 at M >= 256) lasting >= 250 ms
 in all (--reps, --min-time-ms); a line stops after ~10 s once it has 3 calls. A line during
-which other processes used > 0.2 CPUs (/proc/stat) is re-timed up to 3 times and marked ! if
-it stays noisy (ikbench has its own guard), so a busy machine shows in the table.
+which other processes used > 0.2 CPUs (/proc/stat) is re-timed up to 2 times (--quick: none)
+and marked ! if it stays noisy (ikbench has its own guard), so a busy machine shows.
 
 ik_llama.cpp is timed by /tmp/ikbuild/ikbench (../shared/ikbench/build.sh builds it; --ik PATH
 for another build) once per (weight type, shape), with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
@@ -101,6 +101,7 @@ TARGETS = {(True, "q8_k128"): {1: 2.0, 8: 2.0, 32: 2.5, 256: 3.0},
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 BIG_M = 256  # from this M on, 7 reps suffice (as ikbench's --reps-big)
+MAX_COPIES = 4096  # ikbench's cap on cold copies
 MAX_SECONDS = 10.0  # a line stops after this much timed work once it has 3 calls
 NOISE_CPUS = 0.2  # a window during which other processes used more CPUs than this is noisy
 RETRY_WAIT = 0.5  # seconds
@@ -123,12 +124,14 @@ class Policy:
         return min(7, self.reps)
 
     def copies(self, nbytes: int) -> int:
-        """How many copies of nbytes to rotate over: enough for cold_mb MiB, at least one."""
-        return max(1, math.ceil(self.cold_mb * 2**20 / nbytes))
+        """How many copies of nbytes to rotate over: enough for cold_mb MiB, at least one,
+        at most MAX_COPIES (as ikbench: for tiny matrices cold hardly matters)."""
+        return min(MAX_COPIES, max(1, math.ceil(self.cold_mb * 2**20 / nbytes)))
 
-    def time(self, fn, m: int) -> Timing:
+    def time(self, fn, m: int, retry: bool = True) -> Timing:
+        """fn's Timing; re-timed while noisy (if retry), keeping the quietest attempt."""
         best = None
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.retries + 1 if retry else 1):
             if attempt:
                 time.sleep(RETRY_WAIT)
             t = median_time(fn, self.reps if m < BIG_M else self.reps_big, self.min_seconds,
@@ -203,9 +206,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.cold_mb = 0.0
     if min(args.m) < 1 or min(args.threads) < 1:
         p.error("--m and --threads take positive numbers")
+    group = 4 if any(w.endswith("_r4") for w, _ in args.pairs) else 1
     for rows, k in args.shapes:
-        if rows < 4 or rows % 4 or k < 256 or k % 256:
-            p.error(f"shape {rows}x{k}: rows must be a multiple of 4 and K of 256")
+        if rows < group or rows % group or k < 256 or k % 256:
+            p.error(f"shape {rows}x{k}: K must be a multiple of 256" +
+                    (" and rows of 4 (for the _r4 formats)" if group == 4 else ""))
     available = [b.name for b in iq1q.backends() if b.available]
     for name in args.backends or ():
         if name not in available:
@@ -213,7 +218,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.plan = backend_plan(args.backends, available, args.m, args.quick)
     args.policy = Policy(args.reps or (5 if args.quick else 20),
                          (args.min_time_ms or (100.0 if args.quick else 250.0)) / 1e3, args.cold_mb,
-                         retries=1 if args.quick else 3)
+                         retries=0 if args.quick else 2)
     # --quick runs ik (~15 s per type) only where the targets are judged, unless asked for more
     args.ik_shapes = ([s for s in args.shapes if s == TARGET_SHAPE] if args.quick and not shapes_given
                       else args.shapes)
@@ -330,10 +335,11 @@ def header_lines(h: dict, ik_note: str) -> list[str]:
         blas += ", limited to each line's thread count with threadpoolctl"
     blas += "; baseline x @ Wd.T, Wd = the first weight format dequantized to float32"
     lines.append(f"numpy {h['numpy']} (python {h['python']}): {blas}")
-    for var, value in h["openblas_env"].items():
-        lines.append(f"NOTE: {var}={value} is set and numpy's OpenBLAS obeyed it at import; for "
-                     f"numpy's own kernel run: env -u {' -u '.join(OPENBLAS_VARS)} python "
-                     f"benchmarks/bench_matmul.py ...")
+    if h["openblas_env"]:
+        lines.append("NOTE: " + " ".join(f"{k}={v}" for k, v in h["openblas_env"].items()) +
+                     " is set, and numpy's OpenBLAS obeyed it when it loaded (ikbench runs without "
+                     f"it); for numpy's own kernel: env -u {' -u '.join(OPENBLAS_VARS)} python "
+                     "benchmarks/bench_matmul.py ...")
     lines.append("iq1q " + h["iq1q"] + ", backends: " + ", ".join(
         f"{n}{'' if ok else ' (not available)'}" for n, ok in h["backends"].items()) +
         "; timed: " + ", ".join(f"{n} (M {' '.join(map(str, ms))})" for n, ms in h["plan"].items()))
@@ -373,11 +379,13 @@ def parse_ikbench(text: str) -> tuple[dict[tuple[int, int], dict], dict]:
     return results, info
 
 
-def _number(v: str) -> float | str:
-    try:
-        return float(v)
-    except ValueError:
-        return v
+def _number(v: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 class IkBench:
@@ -399,7 +407,7 @@ class IkBench:
                "--cold-mb", f"{p.cold_mb:g}", "--reps", str(p.reps), "--reps-big", str(p.reps_big),
                "--min-time-ms", f"{p.min_seconds * 1e3:g}"]
         if self.quick:
-            cmd += ["--retries", "1", "--retry-wait", "1"]
+            cmd += ["--retries", "0"]
         env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
         log(f"ik: {' '.join(cmd)} (its first call builds tables, ~10 s)")
         try:
@@ -419,18 +427,31 @@ class IkBench:
 
 # --- measurements ----------------------------------------------------------------------
 
-def time_numpy(wd: np.ndarray, x: np.ndarray, ms: Sequence[int], threads: Sequence[int],
-               policy: Policy) -> dict[tuple[int, int], Timing]:
-    """numpy float32 x[:M] @ Wd.T for every (M, threads), over copies of Wd (cold policy)."""
+def line_fields(shape: Shape, m: int, t: int, timing: Timing, nbytes: int, copies: int) -> dict:
+    """The fields every table line has: where, how long, how fast, how quiet."""
+    rows, k = shape
+    return {"shape": f"{rows}x{k}", "rows": rows, "k": k, "m": m, "threads": t,
+            "median_ms": timing.median * 1e3, "min_ms": timing.min * 1e3, "max_ms": timing.max * 1e3,
+            "reps": timing.reps, "gflops": 2 * m * rows * k / timing.median / 1e9,
+            "w_gbps": nbytes / timing.median / 1e9, "w_bytes": nbytes, "cold_copies": copies,
+            "others_cpu": timing.others_cpu, "noisy": noisy(timing.others_cpu)}
+
+
+def bench_numpy(wd: np.ndarray, x: np.ndarray, args: argparse.Namespace, source: str) -> list[dict]:
+    """numpy float32 x[:M] @ Wd.T for every (M, threads), rotating over copies of Wd."""
+    policy = args.policy
     copies = [wd] + [wd.copy() for _ in range(policy.copies(wd.nbytes) - 1)]
     transposed = [c.T for c in copies]
-    out = {}
-    for t in threads:
+    lines = []
+    for t in args.threads:
         with blas_threads(t):
-            for m in ms:
+            for m in args.m:
                 xm = x[:m]
-                out[m, t] = policy.time(rotating(transposed, lambda wt: xm @ wt), m)
-    return out
+                timing = policy.time(rotating(transposed, lambda wt: xm @ wt), m)
+                lines.append({"kind": "numpy", "label": "numpy float32 x @ Wd.T", "backend": blas_name(),
+                              "dequantized_from": source,
+                              **line_fields(wd.shape, m, t, timing, wd.nbytes, len(copies))})
+    return lines
 
 
 def weight_copies(W: iq1q.QuantizedTensor, policy: Policy) -> list[iq1q.QuantizedTensor]:
@@ -453,104 +474,101 @@ def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
 
 
 def bench_pair(copies: list[iq1q.QuantizedTensor], wd: np.ndarray, x: np.ndarray, act: str,
-               backend: str, ms: Sequence[int], threads: Sequence[int], policy: Policy,
+               backend: str, ms: Sequence[int], args: argparse.Namespace,
                quant_cache: dict[tuple, Timing]) -> list[dict]:
     """Lines of one (pair, backend): matmul and activation quantization times per (M, t)."""
-    W = copies[0]
-    rows_, k = W.shape
+    W, policy = copies[0], args.policy
 
     def mm(Wc: iq1q.QuantizedTensor, xm: np.ndarray, t: int) -> np.ndarray:
         return iq1q.matmul(xm, Wc, activation=act, backend=backend, threads=t, overflow="ignore")
 
     for Wc in copies:  # a backend may repack each tensor on its first matmul
-        mm(Wc, x[:1], max(threads))
-    err = rel_error(mm(W, x[:ms[0]], max(threads)), x[:ms[0]] @ wd.T)
+        mm(Wc, x[:1], 1)  # (one thread: a pool's start-up costs more than a small repack)
+    err = rel_error(mm(W, x[:ms[0]], 1), x[:ms[0]] @ wd.T)
     lines = []
     for m in ms:
         xm = x[:m]
-        for t in threads:
-            mt = policy.time(rotating(copies, lambda Wc: mm(Wc, xm, t)), m)
-            qkey = (k, act, backend, m, t)
+        for t in args.threads:
+            timing = policy.time(rotating(copies, lambda Wc: mm(Wc, xm, t)), m)
+            qkey = (W.shape[1], act, backend, m, t)
             if qkey not in quant_cache:
                 quant_cache[qkey] = policy.time(
-                    lambda: iq1q.quantize_activations(xm, act, backend=backend, threads=t), m)
-            q = quant_cache[qkey]
-            lines.append({
-                "shape": f"{rows_}x{k}", "rows": rows_, "k": k, "weight": W.format,
-                "activation": act, "backend": backend, "kernel_backend": served_by((W.format, act), backend),
-                "m": m, "threads": t, "median_ms": mt.median * 1e3, "min_ms": mt.min * 1e3,
-                "max_ms": mt.max * 1e3, "reps": mt.reps, "gflops": 2 * m * rows_ * k / mt.median / 1e9,
-                "w_gbps": W.nbytes / mt.median / 1e9, "w_bytes": W.nbytes, "cold_copies": len(copies),
-                "others_cpu": mt.others_cpu, "noisy": noisy(mt.others_cpu),
-                "act_quant_ms": q.median * 1e3, "act_quant_pct": 100 * q.median / mt.median,
-                "numpy_ms": None, "vs_numpy": None, "ik_ms": None, "vs_ik": None, "ik_noisy": None,
-                "check_rel_err": err})
+                    lambda: iq1q.quantize_activations(xm, act, backend=backend, threads=t), m,
+                    retry=False)
+            q = quant_cache[qkey].median
+            lines.append({"weight": W.format, "activation": act, "backend": backend,
+                          "kernel_backend": served_by((W.format, act), backend),
+                          **line_fields(W.shape, m, t, timing, W.nbytes, len(copies)),
+                          "act_quant_ms": q * 1e3, "act_quant_pct": 100 * q / timing.median,
+                          "numpy_ms": None, "vs_numpy": None, "ik_ms": None, "vs_ik": None,
+                          "ik_noisy": None, "check_rel_err": err})
     return lines
+
+
+def bench_ik(ik: IkBench, shape: Shape, weights: dict[str, iq1q.QuantizedTensor],
+             args: argparse.Namespace) -> list[dict]:
+    """ik_llama.cpp's lines for the weight types whose ik pairing is among the pairs."""
+    lines = []
+    for wf, W in weights.items():
+        if wf not in IK_TYPES or (wf, IK_ACTIVATION[wf]) not in args.pairs:
+            continue
+        for (m, t), r in ik.run(IK_TYPES[wf], shape, args.m, args.threads).items():
+            ms = r.get("median_ms")
+            lines.append({
+                "kind": "ik", "label": f"ik {IK_TYPES[wf]} x {IK_ACTIVATION[wf]}",
+                "backend": "ik_llama.cpp", "weight": wf, "activation": IK_ACTIVATION[wf],
+                "shape": f"{shape[0]}x{shape[1]}", "rows": shape[0], "k": shape[1], "m": m, "threads": t,
+                "median_ms": ms, "min_ms": r.get("min_ms"), "max_ms": r.get("max_ms"),
+                "reps": r.get("reps"), "gflops": r.get("gflops"),
+                "w_gbps": W.nbytes / ms / 1e6 if ms else None, "w_bytes": W.nbytes,
+                "cold_copies": r.get("cold_copies"), "others_cpu": r.get("others_cpu"),
+                "noisy": r["noisy"], "check_rel_err": r.get("check_rel_err")})
+    return lines
+
+
+def add_ratios(lines: list[dict], baselines: list[dict]) -> None:
+    """Fill in each iq1q line's numpy and ik times from the same shape's baselines."""
+    def find(kind: str, line: dict, **kv) -> dict | None:
+        return next((b for b in baselines if b["kind"] == kind and b["m"] == line["m"]
+                     and b["threads"] == line["threads"] and b["median_ms"]
+                     and all(b.get(k) == v for k, v in kv.items())), None)
+
+    for line in lines:
+        if (b := find("numpy", line)) is not None:
+            line["numpy_ms"] = b["median_ms"]
+            line["vs_numpy"] = b["median_ms"] / line["median_ms"]
+        if (b := find("ik", line, weight=line["weight"], activation=line["activation"])) is not None:
+            line["ik_ms"], line["ik_noisy"] = b["median_ms"], b["noisy"]
+            line["vs_ik"] = b["median_ms"] / line["median_ms"]
 
 
 def bench_shape(shape: Shape, args: argparse.Namespace, ik: IkBench | None
                 ) -> tuple[list[dict], list[dict]]:
-    """All lines of one shape: iq1q's (with ratios filled in) and the baselines'."""
-    rows_, k = shape
-    policy, ms, threads = args.policy, args.m, args.threads
+    """All lines of one shape: iq1q's (ratios filled in) and the baselines' (numpy, ik)."""
+    rows, k = shape
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((rows_, k), dtype=np.float32)
-    x = rng.standard_normal((max(ms), k), dtype=np.float32)
+    w = rng.standard_normal((rows, k), dtype=np.float32)
+    x = rng.standard_normal((max(args.m), k), dtype=np.float32)
     formats = list(dict.fromkeys(wf for wf, _ in args.pairs))
-    log(f"{rows_}x{k}: quantizing to {', '.join(formats)}")
+    log(f"{rows}x{k}: quantizing to {', '.join(formats)}")
     weights = {f: iq1q.quantize(w, f) for f in formats}
     del w
 
-    log(f"{rows_}x{k}: numpy float32")
-    wd = iq1q.dequantize(weights[formats[0]])
-    numpy_t = time_numpy(wd, x, ms, threads, policy)
-    baselines = [{"kind": "numpy", "shape": f"{rows_}x{k}", "rows": rows_, "k": k,
-                  "label": "numpy float32 x @ Wd.T", "backend": blas_name(),
-                  "dequantized_from": formats[0], "m": m,
-                  "threads": t, "median_ms": tm.median * 1e3, "min_ms": tm.min * 1e3,
-                  "max_ms": tm.max * 1e3, "reps": tm.reps,
-                  "gflops": 2 * m * rows_ * k / tm.median / 1e9, "w_gbps": wd.nbytes / tm.median / 1e9,
-                  "cold_copies": policy.copies(wd.nbytes), "others_cpu": tm.others_cpu,
-                  "noisy": noisy(tm.others_cpu)}
-                 for (m, t), tm in numpy_t.items()]
-
+    log(f"{rows}x{k}: numpy float32")
+    baselines = bench_numpy(iq1q.dequantize(weights[formats[0]]), x, args, formats[0])
     lines: list[dict] = []
     quant_cache: dict[tuple, Timing] = {}
     for wf in formats:
-        wd = iq1q.dequantize(weights[wf])
-        copies = weight_copies(weights[wf], policy)
+        wd, copies = iq1q.dequantize(weights[wf]), weight_copies(weights[wf], args.policy)
         for act in (a for f, a in args.pairs if f == wf):
-            for backend, bms in args.plan:
-                bms = [m for m in ms if m in bms]
-                if bms:
-                    log(f"{rows_}x{k}: {wf} x {act}, {backend}")
-                    lines += bench_pair(copies, wd, x, act, backend, bms, threads, policy, quant_cache)
-        del copies, wd
-
+            for backend, backend_ms in args.plan:
+                if ms := [m for m in args.m if m in backend_ms]:
+                    log(f"{rows}x{k}: {wf} x {act}, {backend}")
+                    lines += bench_pair(copies, wd, x, act, backend, ms, args, quant_cache)
+        del wd, copies
     if ik and shape in args.ik_shapes:
-        for wf in formats:
-            if wf in IK_TYPES and (wf, IK_ACTIVATION[wf]) in args.pairs:
-                for (m, t), r in ik.run(IK_TYPES[wf], shape, ms, threads).items():
-                    baselines.append({
-                        "kind": "ik", "shape": f"{rows_}x{k}", "rows": rows_, "k": k,
-                        "label": f"ik {IK_TYPES[wf]} x {IK_ACTIVATION[wf]}", "backend": "ik_llama.cpp",
-                        "weight": wf, "activation": IK_ACTIVATION[wf], "m": m, "threads": t,
-                        "median_ms": r.get("median_ms"), "min_ms": r.get("min_ms"),
-                        "max_ms": r.get("max_ms"), "reps": r.get("reps"), "gflops": r.get("gflops"),
-                        "w_gbps": weights[wf].nbytes / r["median_ms"] / 1e6 if r.get("median_ms") else None,
-                        "cold_copies": r.get("cold_copies"), "others_cpu": r.get("others_cpu"),
-                        "noisy": r["noisy"],
-                        "check_rel_err": r.get("check_rel_err")})
-
-    for line in lines:
-        nt = numpy_t[line["m"], line["threads"]]
-        line["numpy_ms"] = nt.median * 1e3
-        line["vs_numpy"] = line["numpy_ms"] / line["median_ms"]
-        for b in baselines:
-            if (b["kind"] == "ik" and b["weight"] == line["weight"] and b["activation"] == line["activation"]
-                    and b["m"] == line["m"] and b["threads"] == line["threads"] and b["median_ms"]):
-                line["ik_ms"], line["ik_noisy"] = b["median_ms"], b["noisy"]
-                line["vs_ik"] = b["median_ms"] / line["median_ms"]
+        baselines += bench_ik(ik, shape, weights, args)
+    add_ratios(lines, baselines)
     return lines, baselines
 
 

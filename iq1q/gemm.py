@@ -6,7 +6,7 @@ import numpy as np
 
 from . import hazards, registry
 from .arrays import as_float32
-from .formats import activation_format, format_info
+from .formats import Format, activation_format, format_info
 from .tensors import QuantizedActivations, QuantizedTensor, _check_shape
 from .threads import num_threads
 
@@ -23,20 +23,19 @@ def quantize_activations(x, fmt: str, backend: str | None = None,
     """Quantize activations of shape (M, K) or (K,) to q8_0, q8_1, q8_k or q8_k128."""
     f = activation_format(fmt)
     arr = as_float32(x, "activations", (1, 2))
-    return _quantize(arr.reshape(1, -1) if arr.ndim == 1 else arr, f.name, backend, threads,
-                     vector=arr.ndim == 1)
-
-
-def _quantize(x2: np.ndarray, fmt: str, backend: str | None, threads: int | None,
-              vector: bool) -> QuantizedActivations:
-    f = activation_format(fmt)
+    x2 = arr.reshape(1, -1) if arr.ndim == 1 else arr
     rows, n = _check_shape(f, x2.shape)
-    _, quantizer = registry.activation_quantizer(f.name, backend)
-    out = np.empty(rows * f.row_size(n), dtype=np.uint8)
-    bad = quantizer(x2, out, num_threads(threads))  # the native side splits the rows
+    data = _quantize(x2, f, registry.activation_quantizer(f.name, backend)[1], num_threads(threads))
+    return QuantizedActivations(f, rows, n, data, vector=arr.ndim == 1)
+
+
+def _quantize(x2: np.ndarray, f: Format, quantizer, nthreads: int) -> np.ndarray:
+    """The bytes of x2 (rows of a valid length for f) quantized to f."""
+    out = np.empty(x2.shape[0] * f.row_size(x2.shape[1]), dtype=np.uint8)
+    bad = quantizer(x2, out, nthreads)  # the native side splits the rows
     if bad >= 0:
         raise ValueError(f"NaN or Inf in activations (first in row {bad})")
-    return QuantizedActivations(f, rows, n, out, vector=vector)
+    return out
 
 
 def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None = None,
@@ -54,15 +53,17 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
     if overflow not in OVERFLOW_POLICIES:
         raise ValueError(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {overflow!r}")
     N, K = W.shape
+    nthreads = num_threads(threads)
     if isinstance(x, QuantizedActivations):
         if activation not in ("auto", x.format):
             raise ValueError(f"activations are already {x.format}, but activation={activation!r}")
-        qa, vector = x, len(x.shape) == 1
-        if qa.row_length != K:
-            raise ValueError(f"activations have rows of {qa.row_length} values, W has rows of {K}")
-        _check_pair_block(W.format, qa.format, K)
+        vector, rows, a = len(x.shape) == 1, x.rows, x.data
+        if x.row_length != K:
+            raise ValueError(f"activations have rows of {x.row_length} values, W has rows of {K}")
+        _check_pair_block(W.format, x.format, K)
         if overflow != "ignore":
-            hazards.enforce(hazards.scan_quantized(qa.data, qa.format, K), overflow)
+            hazards.enforce(hazards.scan_quantized(a, x.format, K), overflow)
+        route = registry.route(W.format, x.format, backend)
     else:
         afmt = activation_format(auto_activation(W.format) if activation == "auto" else activation)
         arr = as_float32(x, "activations", (1, 2))
@@ -71,14 +72,13 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
         if x2.shape[1] != K:
             raise ValueError(f"activations have rows of {x2.shape[1]} values, W has rows of {K}")
         _check_pair_block(W.format, afmt.name, K)
-        if overflow != "ignore":
+        if overflow != "ignore" and afmt.name in hazards.FP16_FORMATS:
             hazards.enforce(hazards.scan(x2, afmt.name), overflow)
-        qa = _quantize(x2, afmt.name, backend, threads, vector)
-    route = registry.route(W.format, qa.format, backend)
-    nthreads = num_threads(threads)
+        route = registry.route(W.format, afmt.name, backend)
+        rows, a = x2.shape[0], _quantize(x2, afmt, route.quantize, nthreads)
     w = W._packed_for(route.packer, nthreads) if route.packer else W.data
-    y = np.empty((qa.rows, N), dtype=np.float32)
-    route.kernel(w, qa.data, y, K, nthreads)  # the native side splits the work
+    y = np.empty((rows, N), dtype=np.float32)
+    route.kernel(w, a, y, K, nthreads)  # the native side splits the work
     return y[0] if vector else y
 
 

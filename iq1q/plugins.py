@@ -26,7 +26,22 @@ DEFAULT_PLUGINS = (
     "iq1q.builtin_backends.avx512",
 )
 
-pm = pluggy.PluginManager("iq1q")
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting changes so that the registry can cache what
+    it resolved until a plugin comes or goes."""
+
+    generation = 0
+
+    def register(self, plugin, name=None):
+        self.generation += 1
+        return super().register(plugin, name)
+
+    def unregister(self, plugin=None, name=None):
+        self.generation += 1
+        return super().unregister(plugin, name)
+
+
+pm = PluginManager("iq1q")
 pm.add_hookspecs(hookspecs)
 
 for _name in DEFAULT_PLUGINS:

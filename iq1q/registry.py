@@ -17,7 +17,7 @@ import numpy as np
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
-ENV_DISABLE_CPU = "IQ1Q_DISABLE_CPU_FEATURES"  # iq1q.cpu reads it; a change re-registers backends
+ENV_DISABLE_CPU = "IQ1Q_DISABLE_CPU_FEATURES"  # iq1q.cpu; read when the backends are registered
 
 # kernel(w, a_bytes, y, K, threads): y = X @ W.T, where y is (M, N) float32, a_bytes the whole
 # activation tensor and w the weight tensor's ggml bytes, or what the backend's packer made of
@@ -88,17 +88,20 @@ class BackendInfo:
 
 ALL_PAIRS = tuple((w, a) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS)
 
-# (registered plugin objects and the CPU feature mask, their backends); holding the plugins
-# keeps their ids unique
-_cache: tuple[tuple, list[BackendInfo]] | None = None
-# (cache key, backend asked for, format pair or activation format) -> route; cleared with _cache
+# (plugin set generation, their backends); the plugin manager counts registrations
+_cache: tuple[int, list[BackendInfo]] | None = None
+# (plugin set generation, backend asked for or $IQ1Q_BACKEND, formats) -> route
 _routes: dict = {}
 
 
-def _key() -> tuple:
-    from .plugins import pm
+_pm = None  # iq1q.plugins.pm, bound on first use (plugins imports this module)
 
-    return frozenset(pm.get_plugins()), os.environ.get(ENV_DISABLE_CPU, "")
+
+def _generation() -> int:
+    global _pm
+    if _pm is None:
+        from .plugins import pm as _pm
+    return _pm.generation
 
 
 def backends() -> list[BackendInfo]:
@@ -106,7 +109,7 @@ def backends() -> list[BackendInfo]:
     global _cache
     from .plugins import origin, pm
 
-    key = _key()
+    key = _generation()
     if _cache is not None and _cache[0] == key:
         return list(_cache[1])
     found: dict[str, BackendInfo] = {}
@@ -159,23 +162,30 @@ def _search_order(name: str | None) -> list[BackendInfo]:
 
 @dataclass(frozen=True)
 class Route:
-    """What serves a format pair: the backend's name, its kernel and, when the
-    backend repacks weights of this format, its packer."""
+    """What serves a format pair: the backend's name, its kernel, its packer when
+    it repacks weights of this format, and the activation quantizer to use."""
 
     backend: str
     kernel: GemmKernel
     packer: WeightPacker | None
+    quantize: ActivationQuantizer
+
+
+def _cache_key(backend: str | None, *formats: str) -> tuple:
+    # everything a resolution depends on (an os.environ lookup costs ~1 us: one at most)
+    return (_generation(), backend or os.environ.get(ENV_BACKEND), *formats)
 
 
 def route(weight: str, activation: str, backend: str | None = None) -> Route:
-    """The Route of a format pair, looked up once per backend set and then cached."""
-    key = (_key(), backend, os.environ.get(ENV_BACKEND), weight, activation)
+    """The Route of a format pair, resolved once per backend set and then cached."""
+    key = _cache_key(backend, weight, activation)
     found = _routes.get(key)
     if found is None:
         pair = (weight_format(weight).name, activation_format(activation).name)
         for b in _search_order(backend):
             if pair in b.backend.kernels:
-                found = Route(b.name, b.backend.kernels[pair], b.backend.weight_packers.get(pair[0]))
+                found = Route(b.name, b.backend.kernels[pair], b.backend.weight_packers.get(pair[0]),
+                              activation_quantizer(pair[1], backend)[1])
                 break
         else:
             raise LookupError(f"no available backend serves {pair[0]} x {pair[1]}")
@@ -190,7 +200,8 @@ def kernel(weight: str, activation: str, backend: str | None = None) -> tuple[st
 
 
 def activation_quantizer(fmt: str, backend: str | None = None) -> tuple[str, ActivationQuantizer]:
-    key = (_key(), backend, os.environ.get(ENV_BACKEND), fmt)
+    """(serving backend's name, quantizer) for an activation format, cached like route()."""
+    key = _cache_key(backend, fmt)
     found = _routes.get(key)
     if found is None:
         name = activation_format(fmt).name

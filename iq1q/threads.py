@@ -19,13 +19,26 @@ _pool_size = 0
 _pool_lock = threading.Lock()
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset and cgroup CPU sets
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+# looked up once: os.cpu_count() alone costs more than a small GEMV's Python side
+CPUS = _usable_cpus()
+
+
 def num_threads(threads: int | None = None) -> int:
     """The thread count to use: the argument, else $IQ1Q_NUM_THREADS, else all CPUs."""
+    if type(threads) is int and threads >= 1:
+        return threads
     source = "threads"
     if threads is None:
         env = os.environ.get(ENV_THREADS, "").strip()
         if not env:
-            return os.cpu_count() or 1
+            return CPUS
         source = ENV_THREADS
         try:
             threads = int(env)

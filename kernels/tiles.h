@@ -21,11 +21,11 @@
  *       in bits 2p..2p+1 the u of row r, column 16h + 4p + j. So (byte >> 2p)
  *       & 3 is, for p = 0..3, the 32-byte operand of one dot-product step
  *       over 4 columns of 8 rows: row r in 32-bit lane r.
- *   ls[chunk][half][8]: ls of row r in byte r.
+ *   ls[chunk][8]: byte r = ls of row r, columns 0..15 | ls of columns 16..31 << 4.
  *   sneg[chunk][half]: uint16, bit 2r + i set when s = -1 for row r, columns
  *       16h + 8i .. 16h + 8i + 7.
  *   d[span][8]: float d / 8 of row r (exact: d is a float16).
- * Memory: 84 bytes per 8 x 32 weights plus 32 per 8 x 256, 2.75 bits per
+ * Memory: 76 bytes per 8 x 32 weights plus 32 per 8 x 256, 2.5 bits per
  * weight (ggml: 1.5 to 1.75).
  */
 #ifndef IQ1Q_TILES_H
@@ -39,7 +39,7 @@ enum {
     IQ1Q_TILE_CHUNK = 32,  /* columns per chunk */
     IQ1Q_TILE_SPAN = 256,  /* columns per weight scale d */
     IQ1Q_TILE_CODES = 64,  /* bytes of codes per chunk */
-    IQ1Q_TILE_LS = 16,     /* bytes of ls per chunk */
+    IQ1Q_TILE_LS = 8,      /* bytes of ls per chunk */
     IQ1Q_TILE_SNEG = 4,    /* bytes of sign bits per chunk */
 };
 
@@ -175,7 +175,7 @@ static void iq1q_tile_repack(int wfmt, const uint8_t *w, int64_t N, int64_t K, u
                         const unsigned u2 = (g1 >> (2 * j)) & 3u, u3 = (g1 >> (2 * j + 8)) & 3u;
                         codes[32 * h + 4 * r + j] = (uint8_t)(u0 | (u1 << 2) | (u2 << 4) | (u3 << 6));
                     }
-                    ls[8 * h + r] = b.ls[h];
+                    ls[r] |= (uint8_t)(b.ls[h] << (4 * h));
                     uint16_t bits = iq1q_tile_u16(sneg + 2 * h);
                     bits |= (uint16_t)((b.sneg[2 * h] | (b.sneg[2 * h + 1] << 1)) << (2 * r));
                     sneg[2 * h] = (uint8_t)bits;

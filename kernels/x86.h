@@ -101,35 +101,45 @@ static void iq1q_x86_prepare_row(const iq1q_x86_acts *A, int64_t m) {
     }
 }
 
-/* ---- weights: expand chunks [c0, c1) of a tile into dot-product operands ---
- * tq[4 * (2 * (c - c0) + h) + p]: bytes ls*u (VNNI: 8*ls*u) of columns
- *     32c + 16h + 4p .. +3, row r in 32-bit lane r;
- * cq[2 * (c - c0) + h]: int16 ls * (s - 8) of row r, group 4c + 2h + i in lane 2r + i. */
-static inline void iq1q_x86_expand(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c0,
-                                   int64_t c1, __m256i *tq, __m256i *cq) {
+/* ---- weights: the operands of one half chunk (16 columns of the 8 rows) -----
+ * t[p]: the bytes of columns 16h + 4p .. +3, row r in 32-bit lane r: u, or with FOLD
+ *       ls*u (VNNI: 8*ls*u, 8*15*2 = 240 still fits the unsigned byte);
+ * ls:   int16 8*ls of row r in lanes 2r, 2r+1, applied by vpmaddwd (with FOLD: 8);
+ * c:    int16 ls * (s - 8) of row r, group 2h + i in lane 2r + i. */
+typedef struct {
+    __m256i t[4], ls, c;
+} iq1q_x86_half;
+
+IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
+                                       int h, iq1q_x86_half *o, const int FOLD) {
     const __m256i three = _mm256_set1_epi8(3);
     const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
                                           8192, 16384, (short)32768);
-    const __m256i minus7 = _mm256_set1_epi16(-7), minus2 = _mm256_set1_epi16(-2);
-    for (int64_t c = c0; c < c1; ++c) {
-        for (int h = 0; h < 2; ++h) {
-            const int64_t k = 2 * (c - c0) + h;
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-            const __m256i ls32 = _mm256_cvtepu8_epi32(
-                _mm_loadl_epi64((const __m128i *)(tile + L->ls + c * IQ1Q_TILE_LS + 8 * h)));
-            const __m256i ls16 = _mm256_or_si256(ls32, _mm256_slli_epi32(ls32, 16));
-            /* u <= 2 per byte, so a 16-bit multiply scales both bytes without carries */
-            const __m256i mul = IQ1Q_X86_VNNI ? _mm256_slli_epi16(ls16, 3) : ls16;
-            tq[4 * k + 0] = _mm256_mullo_epi16(_mm256_and_si256(raw, three), mul);
-            tq[4 * k + 1] = _mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 2), three), mul);
-            tq[4 * k + 2] = _mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 4), three), mul);
-            tq[4 * k + 3] = _mm256_mullo_epi16(_mm256_and_si256(_mm256_srli_epi16(raw, 6), three), mul);
-            uint16_t sb;
-            memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
-            const __m256i neg = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)sb), bit), bit);
-            cq[k] = _mm256_mullo_epi16(ls16, _mm256_add_epi16(minus7, _mm256_and_si256(neg, minus2)));
-        }
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
+    if (h == 0) { /* the next tile's bytes, to arrive while this one computes */
+        _mm_prefetch((const char *)(tile + 2 * L->bytes + c * IQ1Q_TILE_CODES), _MM_HINT_T0);
+        if (c % 8 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->ls + c * IQ1Q_TILE_LS), _MM_HINT_T0);
+        if (c % 16 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->sneg + c * IQ1Q_TILE_SNEG), _MM_HINT_T0);
     }
+    const __m256i nib =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(tile + L->ls + c * IQ1Q_TILE_LS)));
+    const __m256i ls32 = h ? _mm256_srli_epi32(nib, 4) : _mm256_and_si256(nib, _mm256_set1_epi32(15));
+    const __m256i ls16 = _mm256_or_si256(ls32, _mm256_slli_epi32(ls32, 16));
+    const __m256i ls8 = _mm256_slli_epi16(ls16, 3);
+    /* folding costs a multiply per operand, paid once for many activation rows; without it
+     * vpmaddwd applies ls per row, and the row's operands need one more register */
+    const __m256i mul = IQ1Q_X86_VNNI ? ls8 : ls16;
+    o->ls = FOLD && !IQ1Q_X86_VNNI ? _mm256_set1_epi16(8) : ls8;
+    for (int p = 0; p < 4; ++p) {
+        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * p), three);
+        /* u <= 2 per byte, so a 16-bit multiply scales both bytes without carries */
+        o->t[p] = FOLD || IQ1Q_X86_VNNI ? _mm256_mullo_epi16(u, mul) : u;
+    }
+    uint16_t sb;
+    memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
+    const __m256i neg = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)sb), bit), bit);
+    o->c = _mm256_mullo_epi16(ls16, _mm256_add_epi16(_mm256_set1_epi16(-7),
+                                                     _mm256_and_si256(neg, _mm256_set1_epi16(-2))));
 }
 
 /* ---- the integer steps ------------------------------------------------------ */
@@ -140,74 +150,115 @@ static inline __m256i iq1q_x86_bcast32(const void *p) {
     return _mm256_set1_epi32(v);
 }
 
-/* The steps on activation row i of a pass (acc[i], and acc16[i] without VNNI). */
+/* acc (8 rows' int32 lanes) += 8 * ls * sum u q over the half; q: its 16 activation bytes.
+ * The operands come by value: kept in registers across the rows of a pass. */
+IQ1Q_X86_INLINE __m256i iq1q_x86_half_dot(__m256i acc, const __m256i t0, const __m256i t1,
+                                          const __m256i t2, const __m256i t3, const __m256i ls,
+                                          const uint8_t *q) {
 #if IQ1Q_X86_VNNI
-/* acc += 4 columns of 8*ls*u times the activation quad, per row lane */
-#define IQ1Q_X86_DOT4(i, t, q) (acc[i] = _mm256_dpbusd_epi32(acc[i], (t), (q)))
-#define IQ1Q_X86_HALF_BEGIN(i) ((void)0)
-#define IQ1Q_X86_HALF_END(i) ((void)0)
-#define IQ1Q_X86_CORR(i, c, b) (acc[i] = _mm256_dpwssd_epi32(acc[i], (c), (b)))
+    (void)ls;
+    acc = _mm256_dpbusd_epi32(acc, t0, iq1q_x86_bcast32(q));
+    acc = _mm256_dpbusd_epi32(acc, t1, iq1q_x86_bcast32(q + 4));
+    acc = _mm256_dpbusd_epi32(acc, t2, iq1q_x86_bcast32(q + 8));
+    return _mm256_dpbusd_epi32(acc, t3, iq1q_x86_bcast32(q + 12));
 #else
-/* maddubs pairs are <= 2*30*127; four of them still fit int16 (30480), so a
- * half (16 columns) is summed in int16 and widened once, times 8 */
-#define IQ1Q_X86_DOT4(i, t, q) (acc16[i] = _mm256_add_epi16(acc16[i], _mm256_maddubs_epi16((t), (q))))
-#define IQ1Q_X86_HALF_BEGIN(i) (acc16[i] = _mm256_setzero_si256())
-#define IQ1Q_X86_HALF_END(i) \
-    (acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(acc16[i], _mm256_set1_epi16(8))))
-#define IQ1Q_X86_CORR(i, c, b) (acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16((c), (b))))
+    /* maddubs pairs are <= 2*30*127 (ls folded in), their sum over the half <= 30480: int16
+     * is exact */
+    __m256i s = _mm256_maddubs_epi16(t0, iq1q_x86_bcast32(q));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(t1, iq1q_x86_bcast32(q + 4)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(t2, iq1q_x86_bcast32(q + 8)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(t3, iq1q_x86_bcast32(q + 12)));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(s, ls));
 #endif
+}
 
-/* NM activation rows m..m+NM-1 over expanded chunks [c0, c1) (whole
- * activation blocks); f holds their float accumulators, 8 rows each. */
-IQ1Q_X86_INLINE void iq1q_x86_rows(const __m256i *tq, const __m256i *cq, const float *dtile,
-                                   const iq1q_x86_acts *A, int64_t m, int64_t c0, int64_t c1,
-                                   float *fio, const int NM, const int HIST) {
+/* acc += sum over the half's two groups of ls (s - 8) B; b: the two int16 group sums */
+IQ1Q_X86_INLINE __m256i iq1q_x86_half_corr(__m256i acc, const __m256i c, const int16_t *b) {
+#if IQ1Q_X86_VNNI
+    return _mm256_dpwssd_epi32(acc, c, iq1q_x86_bcast32(b));
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(iq1q_x86_bcast32(b), c));
+#endif
+}
+
+/* NM activation rows m..m+NM-1 over chunks [c0, c1) (whole activation blocks) of a tile;
+ * f holds their float accumulators (8 rows each). The half-chunk operands come from ops
+ * (expanded once for many activation rows), or, FUSED, are made on the spot (few rows). */
+IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile,
+                                   const iq1q_tile_layout *L, const iq1q_x86_acts *A, int64_t m,
+                                   int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
+                                   const int FUSED) {
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
-    __m256 f[IQ1Q_X86_NM];
+    const float *dtile = (const float *)(tile + L->d);
     const uint8_t *qrow[IQ1Q_X86_NM];
-    for (int i = 0; i < NM; ++i) {
-        f[i] = _mm256_loadu_ps(fio + 8 * i);
-        qrow[i] = A->a + (size_t)(m + i) * A->arow + A->f.aqoff;
-    }
+    for (int i = 0; i < NM; ++i) qrow[i] = A->a + (size_t)(m + i) * A->arow + A->f.aqoff;
     for (int64_t cb = c0; cb < c1; cb += nb) {
         const int64_t blk = cb / nb;
-        __m256i acc[IQ1Q_X86_NM];
-#if !IQ1Q_X86_VNNI
-        __m256i acc16[IQ1Q_X86_NM];
-#endif
+        __m256i acc[IQ1Q_X86_NM], cfirst = _mm256_setzero_si256();
         for (int i = 0; i < NM; ++i) acc[i] = _mm256_setzero_si256();
         for (int64_t c = cb; c < cb + nb; ++c) {
             const size_t qoff = (size_t)blk * A->f.atype + (size_t)(c - cb) * IQ1Q_TILE_CHUNK;
             for (int h = 0; h < 2; ++h) {
-                const __m256i *t = tq + 4 * (2 * (c - c0) + h);
+                iq1q_x86_half here;
+                const iq1q_x86_half *o = ops + 2 * (c - c0) + h;
+                if (FUSED) {
+                    iq1q_x86_operands(tile, L, c, h, &here, 0);
+                    o = &here;
+                }
+                if (HIST && c == cb && h == 0) cfirst = o->c;
+                const __m256i t0 = o->t[0], t1 = o->t[1], t2 = o->t[2], t3 = o->t[3];
+                /* expanded operands have ls folded in: a constant here, one register fewer */
+                const __m256i ls = FUSED ? o->ls : _mm256_set1_epi16(8), cv = o->c;
 #pragma GCC unroll 8
                 for (int i = 0; i < NM; ++i) {
-                    const uint8_t *q = qrow[i] + qoff + 16 * h;
-                    IQ1Q_X86_HALF_BEGIN(i);
-                    IQ1Q_X86_DOT4(i, t[0], iq1q_x86_bcast32(q));
-                    IQ1Q_X86_DOT4(i, t[1], iq1q_x86_bcast32(q + 4));
-                    IQ1Q_X86_DOT4(i, t[2], iq1q_x86_bcast32(q + 8));
-                    IQ1Q_X86_DOT4(i, t[3], iq1q_x86_bcast32(q + 12));
-                    IQ1Q_X86_HALF_END(i);
-                    if (!HIST)
-                        IQ1Q_X86_CORR(i, cq[2 * (c - c0) + h],
-                                      iq1q_x86_bcast32(A->b8 + (m + i) * (A->K / 8) + 4 * c + 2 * h));
+                    acc[i] = iq1q_x86_half_dot(acc[i], t0, t1, t2, t3, ls, qrow[i] + qoff + 16 * h);
+                    if (!HIST) acc[i] = iq1q_x86_half_corr(acc[i], cv, A->b8 + (m + i) * (A->K / 8) + 4 * c + 2 * h);
                 }
             }
         }
+        /* the float accumulators live in memory (L1): registers are for the integer steps */
         const __m256 dw = _mm256_loadu_ps(dtile + (cb / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS);
 #pragma GCC unroll 8
-        for (int i = 0; i < NM; ++i)
-            f[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i]),
-                                   _mm256_mul_ps(dw, _mm256_set1_ps(A->da[(m + i) * A->nblk + blk])), f[i]);
-        if (HIST) { /* historical: + s * ls (s - 8), with ls (s - 8) of group 0 of the block */
-            const __m256i c0v = cq[2 * (cb - c0)];
-            const __m256 fk = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(c0v, 16), 16));
-            for (int i = 0; i < NM; ++i)
-                f[i] = _mm256_fmadd_ps(fk, _mm256_mul_ps(dw, _mm256_set1_ps(A->s[(m + i) * A->nblk + blk])), f[i]);
+        for (int i = 0; i < NM; ++i) {
+            __m256 fi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[i]),
+                                        _mm256_mul_ps(dw, _mm256_set1_ps(A->da[(m + i) * A->nblk + blk])),
+                                        _mm256_loadu_ps(f + 8 * i));
+            if (HIST) { /* historical: + s * ls (s - 8), with ls (s - 8) of group 0 of the block */
+                const __m256 fk = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(cfirst, 16), 16));
+                fi = _mm256_fmadd_ps(fk, _mm256_mul_ps(dw, _mm256_set1_ps(A->s[(m + i) * A->nblk + blk])), fi);
+            }
+            _mm256_storeu_ps(f + 8 * i, fi);
         }
     }
-    for (int i = 0; i < NM; ++i) _mm256_storeu_ps(fio + 8 * i, f[i]);
+}
+
+/* iq1q_x86_rows for nm (1..IQ1Q_X86_NM) rows, each count its own instantiation */
+static void iq1q_x86_rows_n(int nm, const iq1q_x86_half *ops, const uint8_t *tile,
+                            const iq1q_tile_layout *L, const iq1q_x86_acts *A, int64_t m, int64_t c0,
+                            int64_t c1, float *f, int hist, int fused) {
+#define IQ1Q_X86_CASE(n)                                                                \
+    case n:                                                                             \
+        if (fused) {                                                                    \
+            if (hist) iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, n, 1, 1);            \
+            else iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, n, 0, 1);                 \
+        } else {                                                                        \
+            if (hist) iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, n, 1, 0);            \
+            else iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, n, 0, 0);                 \
+        }                                                                               \
+        break;
+    switch (nm) {
+        IQ1Q_X86_CASE(1)
+        IQ1Q_X86_CASE(2)
+        IQ1Q_X86_CASE(3)
+        IQ1Q_X86_CASE(4)
+#if IQ1Q_X86_NM > 4
+        IQ1Q_X86_CASE(5)
+        IQ1Q_X86_CASE(6)
+        IQ1Q_X86_CASE(7)
+        IQ1Q_X86_CASE(8)
+#endif
+    }
+#undef IQ1Q_X86_CASE
 }
 
 /* ---- the GEMM ----------------------------------------------------------------- */
@@ -223,28 +274,27 @@ typedef struct {
 static void iq1q_x86_gemm_task(void *ctx, int64_t task) {
     const iq1q_x86_job *J = (const iq1q_x86_job *)ctx;
     const iq1q_x86_acts *A = &J->A;
-    __m256i tq[IQ1Q_X86_KCH * 8], cq[IQ1Q_X86_KCH * 2];
+    const int hist = A->s != NULL;
+    iq1q_x86_half ops[2 * IQ1Q_X86_KCH];
     float fbuf[IQ1Q_X86_MC * 8];
     const int64_t t0 = task * J->tiles_per_task;
     const int64_t t1 = t0 + J->tiles_per_task < J->ntiles ? t0 + J->tiles_per_task : J->ntiles;
     for (int64_t t = t0; t < t1; ++t) {
         const uint8_t *tile = J->packed + (size_t)t * J->L.bytes;
-        const float *dtile = (const float *)(tile + J->L.d);
         for (int64_t m0 = 0; m0 < J->M; m0 += IQ1Q_X86_MC) {
             const int64_t mc = J->M - m0 < IQ1Q_X86_MC ? J->M - m0 : IQ1Q_X86_MC;
             memset(fbuf, 0, sizeof(float) * 8 * (size_t)mc);
-            for (int64_t c0 = 0; c0 < J->L.nchunks; c0 += IQ1Q_X86_KCH) {
-                const int64_t c1 = c0 + IQ1Q_X86_KCH < J->L.nchunks ? c0 + IQ1Q_X86_KCH : J->L.nchunks;
-                iq1q_x86_expand(tile, &J->L, c0, c1, tq, cq);
-                int64_t m = 0;
-                if (A->s) { /* the historical kernel: its own instantiation */
-                    for (; m + IQ1Q_X86_NM <= mc; m += IQ1Q_X86_NM)
-                        iq1q_x86_rows(tq, cq, dtile, A, m0 + m, c0, c1, fbuf + 8 * m, IQ1Q_X86_NM, 1);
-                    for (; m < mc; ++m) iq1q_x86_rows(tq, cq, dtile, A, m0 + m, c0, c1, fbuf + 8 * m, 1, 1);
-                } else {
-                    for (; m + IQ1Q_X86_NM <= mc; m += IQ1Q_X86_NM)
-                        iq1q_x86_rows(tq, cq, dtile, A, m0 + m, c0, c1, fbuf + 8 * m, IQ1Q_X86_NM, 0);
-                    for (; m < mc; ++m) iq1q_x86_rows(tq, cq, dtile, A, m0 + m, c0, c1, fbuf + 8 * m, 1, 0);
+            if (mc <= IQ1Q_X86_NM) { /* one pass: make each operand where it is used */
+                iq1q_x86_rows_n((int)mc, ops, tile, &J->L, A, m0, 0, J->L.nchunks, fbuf, hist, 1);
+            } else { /* expand a chunk of columns once, then run every row over it */
+                for (int64_t c0 = 0; c0 < J->L.nchunks; c0 += IQ1Q_X86_KCH) {
+                    const int64_t c1 = c0 + IQ1Q_X86_KCH < J->L.nchunks ? c0 + IQ1Q_X86_KCH : J->L.nchunks;
+                    for (int64_t c = c0; c < c1; ++c)
+                        for (int h = 0; h < 2; ++h) iq1q_x86_operands(tile, &J->L, c, h, ops + 2 * (c - c0) + h, 1);
+                    for (int64_t m = 0; m < mc; m += IQ1Q_X86_NM) {
+                        const int nm = mc - m < IQ1Q_X86_NM ? (int)(mc - m) : IQ1Q_X86_NM;
+                        iq1q_x86_rows_n(nm, ops, tile, &J->L, A, m0 + m, c0, c1, fbuf + 8 * m, hist, 0);
+                    }
                 }
             }
             const int64_t row0 = t * IQ1Q_TILE_ROWS;
