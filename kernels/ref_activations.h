@@ -36,66 +36,72 @@ static inline int iq1q_quantize_q8(const float *x, int n, float amax, int8_t *q)
     return sum;
 }
 
-/* Loop shell shared by the four quantizers: BODY sees x (one block of
- * values), b (its output block) and amax. */
-#define IQ1Q_ACT_QUANTIZER(NAME, ID, BLOCK_T, BODY)                               \
-    static int64_t NAME(const float *x, uint8_t *y, int64_t nrows, int64_t n) {   \
-        enum { QK = IQ1Q_BLOCK_##ID };                                             \
-        BLOCK_T *b = (BLOCK_T *)y;                                                 \
-        int64_t first_bad = -1;                                                    \
-        for (int64_t r = 0; r < nrows; ++r) {                                      \
-            int bad = 0;                                                           \
-            for (int64_t i = 0; i < n / QK; ++i, x += QK, ++b) {                   \
-                const float amax = iq1q_absmax(x, QK, &bad);                       \
-                BODY                                                               \
-            }                                                                      \
-            if (bad && first_bad < 0) first_bad = r;                               \
-        }                                                                          \
-        return first_bad;                                                          \
-    }
+/* One block of each format from its values x and their amax (the SIMD
+ * quantizers fall back to these for blocks their vector path cannot take). */
 
-IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_0, Q8_0, iq1q_block_q8_0, {
+static inline void iq1q_ref_block_q8_0(const float *x, iq1q_block_q8_0 *b, float amax) {
     b->d = iq1q_fp32_to_fp16(amax / 127.0f);
-    iq1q_quantize_q8(x, QK, amax, b->qs);
-})
+    iq1q_quantize_q8(x, IQ1Q_BLOCK_Q8_0, amax, b->qs);
+}
 
 /* s = fp16(d_f32 * sum q) with the unrounded float scale: the field that
  * overflows to +-inf when |sum x| passes ~65504 (SPEC 5.2). */
-IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_1, Q8_1, iq1q_block_q8_1, {
+static inline void iq1q_ref_block_q8_1(const float *x, iq1q_block_q8_1 *b, float amax) {
     const float d = amax / 127.0f;
-    const int sum = iq1q_quantize_q8(x, QK, amax, b->qs);
+    const int sum = iq1q_quantize_q8(x, IQ1Q_BLOCK_Q8_1, amax, b->qs);
     b->d = iq1q_fp32_to_fp16(d);
     b->s = iq1q_fp32_to_fp16(d * (float)sum);
-})
+}
 
-IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_k, Q8_K, iq1q_block_q8_k, {
+static inline void iq1q_ref_block_q8_k(const float *x, iq1q_block_q8_k *b, float amax) {
     const float d = amax / 127.0f;
-    const int sum = iq1q_quantize_q8(x, QK, amax, b->qs);
-    for (int k = 0; k < QK / 16; ++k) {
+    const int sum = iq1q_quantize_q8(x, IQ1Q_BLOCK_Q8_K, amax, b->qs);
+    for (int k = 0; k < IQ1Q_BLOCK_Q8_K / 16; ++k) {
         int s = 0;
         for (int j = 0; j < 16; ++j) s += b->qs[16 * k + j];
         b->bsums[k] = (int16_t)s;
     }
     b->d = d;
     b->sum = d * (float)sum;
-})
+}
 
-IQ1Q_ACT_QUANTIZER(iq1q_ref_quantize_q8_k128, Q8_K128, iq1q_block_q8_k128, {
-    iq1q_quantize_q8(x, QK, amax, b->qs);
-    for (int k = 0; k < QK / 32; ++k) {
+static inline void iq1q_ref_block_q8_k128(const float *x, iq1q_block_q8_k128 *b, float amax) {
+    iq1q_quantize_q8(x, IQ1Q_BLOCK_Q8_K128, amax, b->qs);
+    for (int k = 0; k < IQ1Q_BLOCK_Q8_K128 / 32; ++k) {
         int s = 0;
         for (int j = 0; j < 32; ++j) s += b->qs[32 * k + j];
         b->bsums[k] = (int16_t)s;
     }
     b->d = amax / 127.0f;
-})
+}
+
+/* The row loop shared by the four quantizers. */
+#define IQ1Q_ACT_QUANTIZER(ID, name)                                                      \
+    static inline int64_t iq1q_ref_quantize_##name(const float *x, uint8_t *y, int64_t nrows, \
+                                            int64_t n) {                                   \
+        enum { QK = IQ1Q_BLOCK_##ID };                                                     \
+        iq1q_block_##name *b = (iq1q_block_##name *)y;                                     \
+        int64_t first_bad = -1;                                                            \
+        for (int64_t r = 0; r < nrows; ++r) {                                              \
+            int bad = 0;                                                                   \
+            for (int64_t i = 0; i < n / QK; ++i, x += QK, ++b)                             \
+                iq1q_ref_block_##name(x, b, iq1q_absmax(x, QK, &bad));                     \
+            if (bad && first_bad < 0) first_bad = r;                                       \
+        }                                                                                  \
+        return first_bad;                                                                  \
+    }
+
+IQ1Q_ACT_QUANTIZER(Q8_0, q8_0)
+IQ1Q_ACT_QUANTIZER(Q8_1, q8_1)
+IQ1Q_ACT_QUANTIZER(Q8_K, q8_k)
+IQ1Q_ACT_QUANTIZER(Q8_K128, q8_k128)
 
 #undef IQ1Q_ACT_QUANTIZER
 
 /* ---- dequantizers: d * q ------------------------------------------------ */
 
 #define IQ1Q_ACT_DEQUANTIZER(NAME, ID, BLOCK_T, SCALE)                         \
-    static void NAME(const uint8_t *x, float *y, int64_t nrows, int64_t n) {   \
+    static inline void NAME(const uint8_t *x, float *y, int64_t nrows, int64_t n) { \
         enum { QK = IQ1Q_BLOCK_##ID };                                          \
         const BLOCK_T *b = (const BLOCK_T *)x;                                  \
         for (int64_t i = 0; i < nrows * (n / QK); ++i, ++b, y += QK) {          \
@@ -129,7 +135,7 @@ typedef struct {
  * (with_sum = 1: d and s = d * sum q) would store, computing exactly what
  * the quantizers above compute. Blocks holding NaN or Inf are not counted;
  * the first row with one is reported instead. */
-static void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
+static inline void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
                                   iq1q_fp16_report *rep) {
     enum { QK = IQ1Q_BLOCK_Q8_0 };
     _Static_assert((int)IQ1Q_BLOCK_Q8_0 == (int)IQ1Q_BLOCK_Q8_1, "q8_0 and q8_1 share a block");

@@ -19,13 +19,16 @@
  * the stored fp16 s = d_a * B times ls (s - 8) in float, so an infinite s gives
  * the seed's NaNs. No other pair reads s, q8_k's float sum, or any stored bsum.
  *
- * Structure: the rows are split into tiles of 8 over the threads; per tile a
- * chunk of up to 1024 columns is expanded into int8 operands in an L1-sized
- * scratch (once per 64 activation rows), then up to 8 (VNNI) or 4 activation
- * rows at a time run over it with one 32-bit lane per weight row. So each
- * weight is decoded once per call for M <= 64, each activation quad is one
- * broadcast, and no horizontal sums are needed. Results do not depend on the
- * thread count: every output is computed by the same lane arithmetic.
+ * Structure: the rows are split into tiles of 8 over the threads, one 32-bit
+ * lane per weight row, so each activation quad is one broadcast and no
+ * horizontal sums are needed. Up to 8 (VNNI) or 4 activation rows run
+ * together: with no more rows than that, each 16-column operand is made in
+ * registers where it is used (the GEMV path); with more, a chunk of up to 1024
+ * columns of the tile is expanded once into an L1-sized scratch (ls folded
+ * into the bytes) and every activation row runs over it (the GEMM path).
+ * Each tile prefetches the bytes of the tile after next. Results do not depend
+ * on the thread count or on the path: every output is the same exact integer
+ * per block and the same float steps.
  */
 #ifndef IQ1Q_X86_H
 #define IQ1Q_X86_H
@@ -40,16 +43,33 @@
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define IQ1Q_X86_VNNI 1
-enum { IQ1Q_X86_NM = 8 }; /* activation rows per pass: 32 ymm registers */
+#define IQ1Q_X86_NM 8 /* activation rows per pass: 32 ymm registers */
+#define IQ1Q_X86_DPBUSD _mm256_dpbusd_epi32
+#define IQ1Q_X86_DPWSSD _mm256_dpwssd_epi32
+#elif defined(IQ1Q_X86_EMULATE_VNNI)
+/* The VNNI code path on an AVX2 machine, with the two instructions emulated
+ * exactly (tests/c/test_x86_gemm.c): how its logic is tested where no CPU has them. */
+#define IQ1Q_X86_VNNI 1
+#define IQ1Q_X86_NM 8
+static inline __m256i IQ1Q_X86_DPBUSD(__m256i acc, __m256i u8, __m256i s8) {
+    const __m256i lo = _mm256_set1_epi16(0xff);
+    const __m256i even = _mm256_madd_epi16(_mm256_and_si256(u8, lo),
+                                           _mm256_srai_epi16(_mm256_slli_epi16(s8, 8), 8));
+    const __m256i odd = _mm256_madd_epi16(_mm256_srli_epi16(u8, 8), _mm256_srai_epi16(s8, 8));
+    return _mm256_add_epi32(acc, _mm256_add_epi32(even, odd));
+}
+static inline __m256i IQ1Q_X86_DPWSSD(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
 #else
 #define IQ1Q_X86_VNNI 0
-enum { IQ1Q_X86_NM = 4 }; /* 16 ymm registers */
+#define IQ1Q_X86_NM 4 /* 16 ymm registers */
 #endif
 
 #define IQ1Q_X86_INLINE static inline __attribute__((always_inline))
 
 enum {
-    IQ1Q_X86_KCH = 32, /* chunks of 32 columns expanded at a time: 10 KiB of scratch */
+    IQ1Q_X86_KCH = 32, /* chunks of 32 columns expanded at a time: 12 KiB of scratch */
     IQ1Q_X86_MC = 64,  /* activation rows per expansion */
 };
 
@@ -116,7 +136,7 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
     const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
                                           8192, 16384, (short)32768);
     const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-    if (h == 0) { /* the next tile's bytes, to arrive while this one computes */
+    if (h == 0) { /* the tile after next, to arrive in time; a prefetch past the end never faults */
         _mm_prefetch((const char *)(tile + 2 * L->bytes + c * IQ1Q_TILE_CODES), _MM_HINT_T0);
         if (c % 8 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->ls + c * IQ1Q_TILE_LS), _MM_HINT_T0);
         if (c % 16 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->sneg + c * IQ1Q_TILE_SNEG), _MM_HINT_T0);
@@ -157,10 +177,10 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_half_dot(__m256i acc, const __m256i t0, const _
                                           const uint8_t *q) {
 #if IQ1Q_X86_VNNI
     (void)ls;
-    acc = _mm256_dpbusd_epi32(acc, t0, iq1q_x86_bcast32(q));
-    acc = _mm256_dpbusd_epi32(acc, t1, iq1q_x86_bcast32(q + 4));
-    acc = _mm256_dpbusd_epi32(acc, t2, iq1q_x86_bcast32(q + 8));
-    return _mm256_dpbusd_epi32(acc, t3, iq1q_x86_bcast32(q + 12));
+    acc = IQ1Q_X86_DPBUSD(acc, t0, iq1q_x86_bcast32(q));
+    acc = IQ1Q_X86_DPBUSD(acc, t1, iq1q_x86_bcast32(q + 4));
+    acc = IQ1Q_X86_DPBUSD(acc, t2, iq1q_x86_bcast32(q + 8));
+    return IQ1Q_X86_DPBUSD(acc, t3, iq1q_x86_bcast32(q + 12));
 #else
     /* maddubs pairs are <= 2*30*127 (ls folded in), their sum over the half <= 30480: int16
      * is exact */
@@ -175,7 +195,7 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_half_dot(__m256i acc, const __m256i t0, const _
 /* acc += sum over the half's two groups of ls (s - 8) B; b: the two int16 group sums */
 IQ1Q_X86_INLINE __m256i iq1q_x86_half_corr(__m256i acc, const __m256i c, const int16_t *b) {
 #if IQ1Q_X86_VNNI
-    return _mm256_dpwssd_epi32(acc, c, iq1q_x86_bcast32(b));
+    return IQ1Q_X86_DPWSSD(acc, c, iq1q_x86_bcast32(b));
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(iq1q_x86_bcast32(b), c));
 #endif
@@ -246,6 +266,8 @@ static void iq1q_x86_rows_n(int nm, const iq1q_x86_half *ops, const uint8_t *til
             else iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, n, 0, 0);                 \
         }                                                                               \
         break;
+    /* a macro, not an enum: the preprocessor must see it */
+    _Static_assert(IQ1Q_X86_NM == 4 || IQ1Q_X86_NM == 8, "rows per pass: 4 or 8");
     switch (nm) {
         IQ1Q_X86_CASE(1)
         IQ1Q_X86_CASE(2)

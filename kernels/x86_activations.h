@@ -14,9 +14,9 @@
  *   - The vector path runs only when x * id is finite for every element: amax
  *     finite and id = 127/amax finite. Otherwise (a NaN/Inf in the block, or
  *     amax < ~3.7e-37 so that 127/amax overflows to inf and x*id becomes inf or
- *     0*inf = NaN) the block goes through a scalar copy of the reference code,
- *     which uses the same iq1q_nearest_int (lrintf) and so yields whatever the
- *     reference yields for those products (on x86-64 glibc: q = 0).
+ *     0*inf = NaN) the block goes through the reference's own block code, so it
+ *     yields whatever the reference yields for those products (on x86-64
+ *     glibc: q = 0).
  *   - In the vector path |x * id| <= ~127, so packs never saturate, and
  *     cvtps_epi32 (MXCSR round-to-nearest-even) equals lrintf.
  *   - fp16 fields in the vector path are converted with F16C (vcvtps2ph,
@@ -39,70 +39,18 @@
 #include <float.h>
 #include <immintrin.h>
 #include "iq1q_common.h"
+#include "ref_activations.h"
 
 #if !defined(__AVX2__) || !defined(__F16C__)
 #error "x86_activations.h needs -mavx2 -mfma -mf16c"
 #endif
 
-/* ---- scalar fallback: a copy of the reference arithmetic ----------------- */
-
-static inline float iq1q_x86_absmax_scalar(const float *x, int n) {
-    float amax = 0.0f;
-    for (int j = 0; j < n; ++j) {
-        const float a = fabsf(x[j]);
-        amax = a > amax ? a : amax;
-    }
-    return amax;
-}
-
-static inline int iq1q_x86_quantize_scalar(const float *x, int n, float amax, int8_t *q) {
-    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-    int sum = 0;
-    for (int j = 0; j < n; ++j) {
-        const int v = iq1q_nearest_int(x[j] * id);
-        q[j] = (int8_t)v;
-        sum += v;
-    }
-    return sum;
-}
-
-static void iq1q_x86_scalar_q8_0(const float *x, iq1q_block_q8_0 *b) {
-    const float amax = iq1q_x86_absmax_scalar(x, 32);
-    b->d = iq1q_fp32_to_fp16(amax / 127.0f);
-    iq1q_x86_quantize_scalar(x, 32, amax, b->qs);
-}
-
-static void iq1q_x86_scalar_q8_1(const float *x, iq1q_block_q8_1 *b) {
-    const float amax = iq1q_x86_absmax_scalar(x, 32);
-    const float d = amax / 127.0f;
-    const int sum = iq1q_x86_quantize_scalar(x, 32, amax, b->qs);
-    b->d = iq1q_fp32_to_fp16(d);
-    b->s = iq1q_fp32_to_fp16(d * (float)sum);
-}
-
-static void iq1q_x86_scalar_q8_k(const float *x, iq1q_block_q8_k *b) {
-    const float amax = iq1q_x86_absmax_scalar(x, 256);
-    const float d = amax / 127.0f;
-    const int sum = iq1q_x86_quantize_scalar(x, 256, amax, b->qs);
-    for (int k = 0; k < 16; ++k) {
-        int s = 0;
-        for (int j = 0; j < 16; ++j) s += b->qs[16 * k + j];
-        b->bsums[k] = (int16_t)s;
-    }
-    b->d = d;
-    b->sum = d * (float)sum;
-}
-
-static void iq1q_x86_scalar_q8_k128(const float *x, iq1q_block_q8_k128 *b) {
-    const float amax = iq1q_x86_absmax_scalar(x, 128);
-    iq1q_x86_quantize_scalar(x, 128, amax, b->qs);
-    for (int k = 0; k < 4; ++k) {
-        int s = 0;
-        for (int j = 0; j < 32; ++j) s += b->qs[32 * k + j];
-        b->bsums[k] = (int16_t)s;
-    }
-    b->d = amax / 127.0f;
-}
+/* The scalar fallback is the reference's own block code (ref_activations.h). */
+#define IQ1Q_X86_FALLBACK(name, x, b, n)                          \
+    do {                                                           \
+        int unused_bad_ = 0;                                       \
+        iq1q_ref_block_##name((x), (b), iq1q_absmax((x), (n), &unused_bad_)); \
+    } while (0)
 
 /* ---- vector helpers ------------------------------------------------------ */
 
@@ -203,8 +151,8 @@ static inline int iq1q_x86_q8_01_x1(const float *x, uint8_t *y, int with_sum) {
     const float amax = iq1q_bits_to_f32(abits);
     const float id = iq1q_x86_inv_scale(amax);
     if (abits >= IQ1Q_X86_NONFINITE_BITS || id < 0.0f) {
-        if (with_sum) iq1q_x86_scalar_q8_1(x, (iq1q_block_q8_1 *)y);
-        else iq1q_x86_scalar_q8_0(x, (iq1q_block_q8_0 *)y);
+        if (with_sum) IQ1Q_X86_FALLBACK(q8_1, x, (iq1q_block_q8_1 *)y, 32);
+        else IQ1Q_X86_FALLBACK(q8_0, x, (iq1q_block_q8_0 *)y, 32);
         return abits >= IQ1Q_X86_NONFINITE_BITS;
     }
     __m256i isum;
@@ -305,7 +253,7 @@ static inline int iq1q_x86_q8_k_block(const float *x, iq1q_block_q8_k *b) {
     const float amax = iq1q_bits_to_f32(abits);
     const float id = iq1q_x86_inv_scale(amax);
     if (abits >= IQ1Q_X86_NONFINITE_BITS || id < 0.0f) {
-        iq1q_x86_scalar_q8_k(x, b);
+        IQ1Q_X86_FALLBACK(q8_k, x, b, 256);
         return abits >= IQ1Q_X86_NONFINITE_BITS;
     }
     const __m256 idv = _mm256_set1_ps(id);
@@ -348,7 +296,7 @@ static inline int iq1q_x86_q8_k128_block(const float *x, iq1q_block_q8_k128 *b) 
     const float amax = iq1q_bits_to_f32(abits);
     const float id = iq1q_x86_inv_scale(amax);
     if (abits >= IQ1Q_X86_NONFINITE_BITS || id < 0.0f) {
-        iq1q_x86_scalar_q8_k128(x, b);
+        IQ1Q_X86_FALLBACK(q8_k128, x, b, 128);
         return abits >= IQ1Q_X86_NONFINITE_BITS;
     }
     const __m256 idv = _mm256_set1_ps(id);
