@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "iq1q.builtin_backends.avx512",
 )
 
+
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager, counting changes so that the registry can cache what
     it resolved until a plugin comes or goes."""

@@ -17,7 +17,6 @@ import numpy as np
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
-ENV_DISABLE_CPU = "IQ1Q_DISABLE_CPU_FEATURES"  # iq1q.cpu; read when the backends are registered
 
 # kernel(w, a_bytes, y, K, threads): y = X @ W.T, where y is (M, N) float32, a_bytes the whole
 # activation tensor and w the weight tensor's ggml bytes, or what the backend's packer made of
