@@ -21,12 +21,16 @@ cdef extern from "x86.h" nogil:
         IQ1Q_TILE_CHUNK
 
 
-def packed_size(int64_t N, int64_t K):
-    """Bytes of the tile layout (kernels/tiles.h) of an N x K weight tensor."""
+cdef int64_t _packed_size(int64_t N, int64_t K) except -1:
     if N < 0 or K <= 0 or K % IQ1Q_TILE_CHUNK:
         raise ValueError(f"tiles need N >= 0 and K a positive multiple of {IQ1Q_TILE_CHUNK}, "
                          f"got {N} x {K}")
     return iq1q_tile_count(N) * iq1q_tile_layout_for(K).bytes
+
+
+def packed_size(int64_t N, int64_t K):
+    """Bytes of the tile layout (kernels/tiles.h) of an N x K weight tensor."""
+    return _packed_size(N, K)
 
 
 ctypedef struct _pack_job:
@@ -46,7 +50,7 @@ def pack(int wfmt, const uint8_t[::1] w, int64_t N, int64_t K, uint8_t[::1] out,
     """Repack a whole N x K weight tensor (ggml bytes w) into the tile layout."""
     _check_rows(wfmt, N, K, w.shape[0], 0, N, True)
     _check_threads(threads)
-    cdef int64_t size = packed_size(N, K)
+    cdef int64_t size = _packed_size(N, K)
     if out.shape[0] != size:
         raise ValueError(f"tiles of {N} x {K} take {size} bytes, the buffer has {out.shape[0]}")
     if N == 0:
@@ -65,7 +69,7 @@ def gemm(int wfmt, int afmt, const uint8_t[::1] packed, const uint8_t[::1] a, fl
     cdef int64_t M = y.shape[0], N = y.shape[1]
     _check_gemm(wfmt, afmt, N * _row_size(_info(wfmt), K), a.shape[0], M, N, K, 0, N)
     _check_threads(threads)
-    cdef int64_t size = packed_size(N, K)
+    cdef int64_t size = _packed_size(N, K)
     if packed.shape[0] != size:
         raise ValueError(f"tiles of {N} x {K} take {size} bytes, got {packed.shape[0]}")
     if M == 0 or N == 0:
