@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import check_activations, cpu, dequantize, matmul, quantize, registry
+from . import check_activations, cpu, dequantize, matmul, plugins, quantize, registry
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
 from .report import table
 
@@ -79,6 +79,9 @@ def info(args: argparse.Namespace) -> int:
     print(table(["name", "priority", "available", "pairs", "origin", "description"],
                  [[b.name, b.priority, "yes" if b.available else "no", len(b.pairs), b.origin,
                    b.description] for b in registry.backends()]))
+    if broken := plugins.broken():
+        print("\nBroken plugins (skipped)")
+        print(table(["name", "origin", "error"], [[b.name, b.origin, b.error] for b in broken]))
     print(f"\nBackend in use: {registry.get_backend()}\n\nKernel table (weights x activations -> backend)")
     served = registry.kernel_table()
     print(table(["weights"] + list(ACTIVATION_FORMATS),

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import os
 import warnings
+from dataclasses import dataclass
 
 import pluggy
 
@@ -49,7 +50,47 @@ for _name in DEFAULT_PLUGINS:
     pm.register(importlib.import_module(_name), name=_name)
 
 
-_origins: dict[str, str] = {name: "builtin" for name in DEFAULT_PLUGINS}
+class PluginWarning(UserWarning):
+    """An installed plugin was skipped (see iq1q.plugins.broken())."""
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An installed plugin that was skipped, and why."""
+
+    name: str  # its entry point's name
+    origin: str  # "<distribution> <version>"
+    error: str  # what went wrong: the stage, then the exception
+
+
+_distributions: dict[str, str] = {}  # entry point name -> "<distribution> <version>"
+_failed: list[BrokenPlugin] = []  # entry points that did not load or did not validate
+
+
+def skipped(name: str, origin: str, stage: str, error: BaseException) -> BrokenPlugin:
+    """Warn that a plugin is skipped at `stage`, and describe it for broken(): one broken
+    distribution must never make iq1q unusable."""
+    broken = BrokenPlugin(name, origin, f"{stage}: {type(error).__name__}: {error}")
+    warnings.warn(f"iq1q: skipping plugin {name!r} of distribution {origin}: {broken.error}",
+                  PluginWarning, stacklevel=3)
+    return broken
+
+
+def _register_entry_point(ep, label: str) -> None:
+    try:
+        plugin = ep.load()
+    except Exception as e:  # anything its import raises, SyntaxError included
+        _failed.append(skipped(ep.name, label, "import failed", e))
+        return
+    try:
+        pm.register(plugin, name=ep.name)
+        pm.check_pending()  # a hook implementation no spec knows, e.g. a misspelled name
+    except pluggy.PluginValidationError as e:
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        _failed.append(skipped(ep.name, label, "not a valid iq1q plugin", e))
+        return
+    _distributions[ep.name] = label
 
 
 def _load_entry_points() -> None:
@@ -63,8 +104,7 @@ def _load_entry_points() -> None:
         if names is not None and dist_name not in names:
             continue
         if pm.get_plugin(ep.name) is None:
-            pm.register(ep.load(), name=ep.name)
-            _origins[ep.name] = f"{dist_name} {dist.version}" if dist else dist_name
+            _register_entry_point(ep, f"{dist_name} {dist.version}" if dist else dist_name)
     for missing in sorted((names or set()) - seen):
         # a warning, not an error: a typo here must not make iq1q unimportable
         warnings.warn(f"{ENV_LOAD_PLUGINS} names {missing!r}, which is not installed "
@@ -77,4 +117,19 @@ _load_entry_points()
 def origin(plugin: object) -> str:
     """Where a plugin comes from: "builtin", "<distribution> <version>", or
     "runtime" for one registered by code (pm.register)."""
-    return _origins.get(pm.get_name(plugin) or "", "runtime")
+    name = pm.get_name(plugin) or ""
+    return "builtin" if name in DEFAULT_PLUGINS else _distributions.get(name, "runtime")
+
+
+def installed(plugin: object) -> bool:
+    """Whether a plugin came from an installed distribution: its failures are reported and
+    skipped, while those of built-in and runtime plugins (code you run) raise."""
+    return (pm.get_name(plugin) or "") in _distributions
+
+
+def broken() -> list[BrokenPlugin]:
+    """Installed plugins skipped: those that failed to import or validate, then those whose
+    iq1q_register_backends hook raised (found when the backends are listed)."""
+    from .registry import hook_failures
+
+    return _failed + hook_failures()

@@ -87,8 +87,8 @@ class BackendInfo:
 
 ALL_PAIRS = tuple((w, a) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS)
 
-# (plugin set generation, their backends); the plugin manager counts registrations
-_cache: tuple[int, list[BackendInfo]] | None = None
+# (plugin set generation, their backends, installed plugins whose hook raised)
+_cache: tuple[int, list[BackendInfo], list] | None = None
 # (plugin set generation, backend asked for or $IQ1Q_BACKEND, formats) -> route
 _routes: dict = {}
 
@@ -106,27 +106,45 @@ def _generation() -> int:
 def backends() -> list[BackendInfo]:
     """All registered backends, highest priority first."""
     global _cache
-    from .plugins import origin, pm
+    from .plugins import installed, origin, pm, skipped
 
     key = _generation()
     if _cache is not None and _cache[0] == key:
         return list(_cache[1])
     found: dict[str, BackendInfo] = {}
+    failures = []
     for impl in pm.hook.iq1q_register_backends.get_hookimpls():
+        mine: dict[str, BackendInfo] = {}  # kept only if the whole hook succeeds
 
-        def register(backend: Backend, _plugin=impl.plugin) -> None:
+        def register(backend: Backend, _plugin=impl.plugin, _mine=mine) -> None:
             if not isinstance(backend, Backend):
                 raise TypeError(f"register() takes an iq1q.Backend, got {type(backend).__name__}")
-            if backend.name in found:
+            first = found.get(backend.name) or _mine.get(backend.name)
+            if first is not None:
                 raise ValueError(f"backend {backend.name!r} is registered twice "
-                                 f"({found[backend.name].origin} and {origin(_plugin)})")
-            found[backend.name] = BackendInfo(backend, origin(_plugin), bool(backend.is_available()))
+                                 f"({first.origin} and {origin(_plugin)})")
+            _mine[backend.name] = BackendInfo(backend, origin(_plugin), bool(backend.is_available()))
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except Exception as e:
+            if not installed(impl.plugin):
+                raise  # built-in or registered by code: the caller's own bug, loud
+            failures.append(skipped(impl.plugin_name, origin(impl.plugin),
+                                    "its iq1q_register_backends hook raised", e))
+            continue
+        found.update(mine)
     result = sorted(found.values(), key=lambda b: (-b.priority, b.name))
-    _cache = (key, result)
+    _cache = (key, result, failures)
     _routes.clear()
     return list(result)
+
+
+def hook_failures() -> list:
+    """The installed plugins (iq1q.plugins.BrokenPlugin) whose hook raised when the
+    current set of plugins was asked for its backends."""
+    backends()
+    return list(_cache[2])
 
 
 def _chosen(name: str | None) -> BackendInfo | None:

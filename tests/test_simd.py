@@ -119,7 +119,8 @@ REPORT = """
 def test_masking_avx2_leaves_only_ref(python_subprocess, monkeypatch):
     import os
 
-    env = dict(os.environ, IQ1Q_DISABLE_CPU_FEATURES="avx2")
+    # installed plugins off: only the built-in backends are under test
+    env = dict(os.environ, IQ1Q_DISABLE_CPU_FEATURES="avx2", IQ1Q_LOAD_PLUGINS="")
     got = _in_subprocess(python_subprocess, env, REPORT)
     # a masked feature counts as absent everywhere: no kernel module built for it is imported
     assert got == {"available": ["ref"], "in_use": "ref", "modules": [], "table": ["ref"]}
