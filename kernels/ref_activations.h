@@ -75,21 +75,28 @@ static inline void iq1q_ref_block_q8_k128(const float *x, iq1q_block_q8_k128 *b,
     b->d = amax / 127.0f;
 }
 
-/* The row loop shared by the four quantizers. */
-#define IQ1Q_ACT_QUANTIZER(ID, name)                                                      \
-    static inline int64_t iq1q_ref_quantize_##name(const float *x, uint8_t *y, int64_t nrows, \
-                                            int64_t n) {                                   \
-        enum { QK = IQ1Q_BLOCK_##ID };                                                     \
-        iq1q_block_##name *b = (iq1q_block_##name *)y;                                     \
-        int64_t first_bad = -1;                                                            \
-        for (int64_t r = 0; r < nrows; ++r) {                                              \
-            int bad = 0;                                                                   \
-            for (int64_t i = 0; i < n / QK; ++i, x += QK, ++b)                             \
-                iq1q_ref_block_##name(x, b, iq1q_absmax(x, QK, &bad));                     \
-            if (bad && first_bad < 0) first_bad = r;                                       \
-        }                                                                                  \
-        return first_bad;                                                                  \
+/* The row loop of every activation quantizer, the SIMD ones included:
+ * BLOCK_FN(x, b) quantizes one block and returns 1 when it holds NaN/Inf. */
+#define IQ1Q_ACT_ROW_LOOP(NAME, ID, name, BLOCK_FN)                                         \
+    static inline int64_t NAME(const float *x, uint8_t *y, int64_t nrows, int64_t n) {      \
+        enum { QK = IQ1Q_BLOCK_##ID };                                                       \
+        iq1q_block_##name *b = (iq1q_block_##name *)y;                                       \
+        int64_t first_bad = -1;                                                              \
+        for (int64_t r = 0; r < nrows; ++r) {                                                \
+            int bad = 0;                                                                     \
+            for (int64_t i = 0; i < n / QK; ++i, x += QK, ++b) bad |= BLOCK_FN(x, b);        \
+            if (bad && first_bad < 0) first_bad = r;                                         \
+        }                                                                                    \
+        return first_bad;                                                                    \
     }
+
+#define IQ1Q_ACT_QUANTIZER(ID, name)                                                        \
+    static inline int iq1q_ref_checked_##name(const float *x, iq1q_block_##name *b) {       \
+        int bad = 0;                                                                         \
+        iq1q_ref_block_##name(x, b, iq1q_absmax(x, IQ1Q_BLOCK_##ID, &bad));                  \
+        return bad;                                                                          \
+    }                                                                                        \
+    IQ1Q_ACT_ROW_LOOP(iq1q_ref_quantize_##name, ID, name, iq1q_ref_checked_##name)
 
 IQ1Q_ACT_QUANTIZER(Q8_0, q8_0)
 IQ1Q_ACT_QUANTIZER(Q8_1, q8_1)

@@ -276,23 +276,7 @@ static inline int iq1q_x86_q8_k_block(const float *x, iq1q_block_q8_k *b) {
     return 0;
 }
 
-/* The row loop of the one-block-at-a-time quantizers: block fn returns 1 for a
- * block holding NaN/Inf. */
-#define IQ1Q_X86_ROWS(ID, name)                                                             \
-    static int64_t iq1q_x86_quantize_##name(const float *x, uint8_t *y, int64_t nrows,      \
-                                            int64_t n) {                                     \
-        enum { QK = IQ1Q_BLOCK_##ID };                                                       \
-        iq1q_block_##name *b = (iq1q_block_##name *)y;                                       \
-        int64_t first_bad = -1;                                                              \
-        for (int64_t r = 0; r < nrows; ++r) {                                                \
-            int bad = 0;                                                                     \
-            for (int64_t i = 0; i < n / QK; ++i, x += QK, ++b) bad |= iq1q_x86_##name##_block(x, b); \
-            if (bad && first_bad < 0) first_bad = r;                                         \
-        }                                                                                    \
-        return first_bad;                                                                    \
-    }
-
-IQ1Q_X86_ROWS(Q8_K, q8_k)
+IQ1Q_ACT_ROW_LOOP(iq1q_x86_quantize_q8_k, Q8_K, q8_k, iq1q_x86_q8_k_block)
 
 /* ---- q8_k128 ---------------------------------------------------------------- */
 
@@ -322,8 +306,7 @@ static inline int iq1q_x86_q8_k128_block(const float *x, iq1q_block_q8_k128 *b) 
     return 0;
 }
 
-IQ1Q_X86_ROWS(Q8_K128, q8_k128)
-#undef IQ1Q_X86_ROWS
+IQ1Q_ACT_ROW_LOOP(iq1q_x86_quantize_q8_k128, Q8_K128, q8_k128, iq1q_x86_q8_k128_block)
 
 /* Indexed by iq1q_format - IQ1Q_Q8_0. */
 static const iq1q_act_quantize_fn iq1q_x86_act_quantizers[IQ1Q_NUM_ACTIVATION_FORMATS] = {
