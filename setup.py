@@ -10,6 +10,7 @@ import sysconfig
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 KERNELS = "kernels"
 # Strict float32 everywhere: quantizer bytes must not depend on FMA contraction (SPEC 1.6).
@@ -35,11 +36,41 @@ X86_64_KERNELS = {
 }
 
 
+# NEON is part of AArch64; dotprod (sdot) came with ARMv8.2 and is checked at run time.
+AARCH64_KERNELS = {
+    "_neon": ["-O3", "-march=armv8-a"],
+    "_neon_dotprod": ["-O3", "-march=armv8.2-a+dotprod"],
+}
+
+
+def kernels_for(platform: str) -> dict[str, list[str]]:
+    """The ISA kernel modules for a target platform (as sysconfig names it)."""
+    if platform.endswith(("x86_64", "amd64")):
+        return X86_64_KERNELS
+    if platform.endswith(("aarch64", "arm64")):
+        return AARCH64_KERNELS
+    return {}  # anywhere else the reference backend serves alone
+
+
 def extensions() -> list[Extension]:
-    # the target's platform (honours _PYTHON_HOST_PLATFORM when cross-compiling)
-    isa = X86_64_KERNELS if sysconfig.get_platform().endswith(("x86_64", "amd64")) else {}
+    # The target's platform, not the build machine's: a cross build (crossenv) reports
+    # the target here. CC and LDSHARED from the environment are honoured by setuptools.
+    isa = kernels_for(sysconfig.get_platform())
     base = [extension("_cpu", []), extension("_pool", ["-pthread"]), extension("_ref", [])]
     return base + [extension(name, flags) for name, flags in isa.items()]
 
 
-setup(ext_modules=cythonize(extensions(), include_path=[KERNELS], language_level=3, quiet=True))
+class ParallelBuildExt(build_ext):
+    """Compiles the modules side by side (they are independent) unless told otherwise (-j)."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
+
+setup(
+    ext_modules=cythonize(extensions(), include_path=[KERNELS], language_level=3, quiet=True,
+                          nthreads=os.cpu_count() or 1),
+    cmdclass={"build_ext": ParallelBuildExt},
+)

@@ -25,6 +25,7 @@ DEFAULT_PLUGINS = (
     "iq1q.builtin_backends.ref",
     "iq1q.builtin_backends.avx2",
     "iq1q.builtin_backends.avx512",
+    "iq1q.builtin_backends.neon",
 )
 
 

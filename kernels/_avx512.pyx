@@ -2,4 +2,4 @@
 """The x86 SIMD kernels built for AVX512 (flags in setup.py); import only where
 iq1q.cpu says the CPU can run them."""
 
-include "x86_shell.pxi"
+include "simd_shell.pxi"

@@ -45,12 +45,8 @@
 #error "x86_activations.h needs -mavx2 -mfma -mf16c"
 #endif
 
-/* The scalar fallback is the reference's own block code (ref_activations.h). */
-#define IQ1Q_X86_FALLBACK(name, x, b, n)                          \
-    do {                                                           \
-        int unused_bad_ = 0;                                       \
-        iq1q_ref_block_##name((x), (b), iq1q_absmax((x), (n), &unused_bad_)); \
-    } while (0)
+/* Blocks the vector path cannot take go through the reference's own block code,
+ * iq1q_ref_checked_* (ref_activations.h), which also gives the NaN/Inf verdict. */
 
 /* ---- vector helpers ------------------------------------------------------ */
 
@@ -151,9 +147,8 @@ static inline int iq1q_x86_q8_01_x1(const float *x, uint8_t *y, int with_sum) {
     const float amax = iq1q_bits_to_f32(abits);
     const float id = iq1q_x86_inv_scale(amax);
     if (abits >= IQ1Q_X86_NONFINITE_BITS || id < 0.0f) {
-        if (with_sum) IQ1Q_X86_FALLBACK(q8_1, x, (iq1q_block_q8_1 *)y, 32);
-        else IQ1Q_X86_FALLBACK(q8_0, x, (iq1q_block_q8_0 *)y, 32);
-        return abits >= IQ1Q_X86_NONFINITE_BITS;
+        return with_sum ? iq1q_ref_checked_q8_1(x, (iq1q_block_q8_1 *)y)
+                        : iq1q_ref_checked_q8_0(x, (iq1q_block_q8_0 *)y);
     }
     __m256i isum;
     const __m256i q = iq1q_x86_quant32(x, _mm256_set1_ps(id), &isum);
@@ -253,8 +248,7 @@ static inline int iq1q_x86_q8_k_block(const float *x, iq1q_block_q8_k *b) {
     const float amax = iq1q_bits_to_f32(abits);
     const float id = iq1q_x86_inv_scale(amax);
     if (abits >= IQ1Q_X86_NONFINITE_BITS || id < 0.0f) {
-        IQ1Q_X86_FALLBACK(q8_k, x, b, 256);
-        return abits >= IQ1Q_X86_NONFINITE_BITS;
+        return iq1q_ref_checked_q8_k(x, b);
     }
     const __m256 idv = _mm256_set1_ps(id);
     __m256i w[8], unused;
@@ -287,8 +281,7 @@ static inline int iq1q_x86_q8_k128_block(const float *x, iq1q_block_q8_k128 *b) 
     const float amax = iq1q_bits_to_f32(abits);
     const float id = iq1q_x86_inv_scale(amax);
     if (abits >= IQ1Q_X86_NONFINITE_BITS || id < 0.0f) {
-        IQ1Q_X86_FALLBACK(q8_k128, x, b, 128);
-        return abits >= IQ1Q_X86_NONFINITE_BITS;
+        return iq1q_ref_checked_q8_k128(x, b);
     }
     const __m256 idv = _mm256_set1_ps(id);
     __m256i s[4];
@@ -309,7 +302,7 @@ static inline int iq1q_x86_q8_k128_block(const float *x, iq1q_block_q8_k128 *b) 
 IQ1Q_ACT_ROW_LOOP(iq1q_x86_quantize_q8_k128, Q8_K128, q8_k128, iq1q_x86_q8_k128_block)
 
 /* Indexed by iq1q_format - IQ1Q_Q8_0. */
-static const iq1q_act_quantize_fn iq1q_x86_act_quantizers[IQ1Q_NUM_ACTIVATION_FORMATS] = {
+static const iq1q_act_quantize_fn iq1q_simd_act_quantizers[IQ1Q_NUM_ACTIVATION_FORMATS] = {
     [IQ1Q_Q8_0 - IQ1Q_Q8_0] = iq1q_x86_quantize_q8_0,
     [IQ1Q_Q8_1 - IQ1Q_Q8_0] = iq1q_x86_quantize_q8_1,
     [IQ1Q_Q8_K - IQ1Q_Q8_0] = iq1q_x86_quantize_q8_k,

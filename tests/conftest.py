@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the independent oracle (tests/oracle.py)
 
 
-BUILTIN_BACKENDS = ("ref", "avx2", "avx512")
+BUILTIN_BACKENDS = ("ref", "avx2", "avx512", "neon", "neon_plain")
 
 
 @pytest.fixture(params=BUILTIN_BACKENDS)

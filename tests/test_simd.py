@@ -111,7 +111,7 @@ REPORT = """
     import json, sys, iq1q
     print(json.dumps({"available": [b.name for b in iq1q.backends() if b.available],
                       "in_use": iq1q.get_backend(),
-                      "modules": sorted(m for m in sys.modules if m in ("iq1q._avx2", "iq1q._avx512")),
+                      "modules": sorted(m for m in sys.modules if m.startswith(("iq1q._avx", "iq1q._neon"))),
                       "table": sorted(set(iq1q.kernel_table().values()))}))
 """
 
@@ -119,6 +119,8 @@ REPORT = """
 def test_masking_avx2_leaves_only_ref(python_subprocess, monkeypatch):
     import os
 
+    if not iq1q.cpu.detected()["avx2"]:
+        pytest.skip("not an x86-64 CPU with AVX2")
     # installed plugins off: only the built-in backends are under test
     env = dict(os.environ, IQ1Q_DISABLE_CPU_FEATURES="avx2", IQ1Q_LOAD_PLUGINS="")
     got = _in_subprocess(python_subprocess, env, REPORT)
@@ -137,9 +139,45 @@ def test_masking_avx512_falls_back_to_avx2(python_subprocess):
     assert got["modules"] == ["iq1q._avx2"]
 
 
+def _neon_backends(monkeypatch, masked: str) -> dict:
+    """The neon plugin's backends as it registers them under IQ1Q_DISABLE_CPU_FEATURES=masked
+    (read at registration, so calling its hook again shows the mask in this process)."""
+    from iq1q.builtin_backends import neon
+
+    monkeypatch.setenv("IQ1Q_DISABLE_CPU_FEATURES", masked)
+    got = {}
+    neon.iq1q_register_backends(register=lambda b: got.setdefault(b.name, b))
+    return got
+
+
+def test_masking_dotprod_leaves_neon_plain(monkeypatch):
+    got = _neon_backends(monkeypatch, "dotprod")
+    assert not got["neon"].is_available() and "needs" in got["neon"].description
+    assert "dotprod" in got["neon"].description.split("needs")[1]
+    # neon_plain needs no dotprod: it serves wherever NEON is (every AArch64 CPU)
+    assert got["neon_plain"].is_available() == iq1q.cpu.has("neon")
+    if iq1q.cpu.has("neon"):
+        assert len(got["neon_plain"].kernels) == len(PAIRS)
+
+
+def test_masking_neon_leaves_no_neon_backend(monkeypatch):
+    got = _neon_backends(monkeypatch, "neon")
+    assert not got["neon"].is_available() and not got["neon_plain"].is_available()
+    assert not got["neon"].kernels and not got["neon_plain"].kernels
+
+
+def test_neon_backends_follow_the_cpu():
+    table = {b.name: b for b in iq1q.backends()}
+    assert table["neon"].available == iq1q.cpu.has("neon", "dotprod")
+    assert table["neon_plain"].available == iq1q.cpu.has("neon")
+    if iq1q.cpu.has("neon", "dotprod"):  # the dotprod kernels serve by default
+        higher = [b.name for b in iq1q.backends() if b.available and b.priority > table["neon"].priority]
+        assert iq1q.get_backend() in ["neon", *higher]
+
+
 def test_unavailable_simd_backend_says_why():
     for b in iq1q.backends():
-        if b.name in ("avx2", "avx512") and not b.available:
+        if b.name in ("avx2", "avx512", "neon", "neon_plain") and not b.available:
             assert "needs" in b.description and not b.pairs
             with pytest.raises(ValueError, match=f"backend {b.name!r} is not available"):
                 iq1q.get_backend(b.name)

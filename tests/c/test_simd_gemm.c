@@ -1,14 +1,16 @@
-/* test_x86_gemm.c: the x86 GEMM (kernels/x86.h) against the reference GEMM
- * (kernels/ref_gemm.h) for all 16 pairs, in C, with no Python in between.
+/* test_simd_gemm.c: the SIMD GEMM of the target (kernels/simd.h: x86.h or
+ * neon.h) against the reference GEMM (kernels/ref_gemm.h) for all 16 pairs, in
+ * C, with no Python in between.
  *
- * Its point is the VNNI code path: built with -DIQ1Q_X86_EMULATE_VNNI it runs
- * the AVX-512 backend's arithmetic (8*ls folded into the bytes, dpbusd/dpwssd
- * emulated exactly, 8 activation rows per pass) on any AVX2 machine, so that
- * code is tested where no CPU has the instructions; tests/test_x86_c.py builds
- * and runs it three ways (AVX2, emulated VNNI, and real VNNI where the CPU has it).
+ * Its point is the code paths no CPU here runs natively: built with
+ * -DIQ1Q_X86_EMULATE_VNNI it runs the AVX-512 backend's arithmetic (8*ls folded
+ * into the bytes, dpbusd/dpwssd emulated exactly, 8 activation rows per pass) on
+ * any AVX2 machine, and cross-compiled for AArch64 it runs the NEON kernels
+ * (with and without dotprod) under qemu-user; tests/test_simd_c.py builds and
+ * runs each variant the machine can run.
  *
  *   cc -O2 -std=c11 -mavx2 -mfma -mf16c [-DIQ1Q_X86_EMULATE_VNNI] -Ikernels \
- *      tests/c/test_x86_gemm.c -o /tmp/tg -lm && /tmp/tg
+ *      tests/c/test_simd_gemm.c -o /tmp/tg -lm && /tmp/tg
  *
  * Prints "N passed, M failed"; exits non-zero on any failure.
  */
@@ -17,7 +19,7 @@
 #include <stdlib.h>
 
 #include "ref.h"
-#include "x86.h"
+#include "simd.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
@@ -58,7 +60,7 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
     iq1q_ref_gemm_table[wfmt][afmt - IQ1Q_Q8_0](wq, aq, want, K, M, 0, N, N);
     iq1q_tile_repack(wfmt, wq, N, K, tiles, 0, iq1q_tile_count(N));
     const int hist = wfmt == IQ1Q_IQ1_S_R4 && afmt == IQ1Q_Q8_1;
-    int ok = iq1q_x86_gemm(afmt, hist, tiles, N, K, aq, M, got, 1, serial_run) == 0;
+    int ok = iq1q_simd_gemm(afmt, hist, tiles, N, K, aq, M, got, 1, serial_run) == 0;
     double scale = 0.0, err = 0.0;
     for (int64_t i = 0; i < M * N; ++i) {
         scale = fmax(scale, fabs((double)want[i]));

@@ -1,20 +1,21 @@
-# x86_shell.pxi: the Cython shell of the x86 SIMD kernels (kernels/x86.h),
-# shared by iq1q._avx2 and iq1q._avx512, which differ only in compile flags.
+# simd_shell.pxi: the Cython shell of the SIMD kernels (kernels/simd.h), shared by
+# iq1q._avx2 and iq1q._avx512 on x86-64 and iq1q._neon and iq1q._neon_dotprod on
+# AArch64, which differ only in compile flags.
 # Every entry point checks the buffers before a pointer is used, then
 # releases the GIL for the native work.
 
 include "shell.pxi"
 
-cdef extern from "x86.h" nogil:
+cdef extern from "simd.h" nogil:
     ctypedef struct iq1q_tile_layout:
         size_t bytes
     iq1q_tile_layout iq1q_tile_layout_for(int64_t K)
     int64_t iq1q_tile_count(int64_t N)
     void iq1q_tile_repack(int wfmt, const uint8_t *w, int64_t N, int64_t K, uint8_t *out,
                           int64_t t0, int64_t t1)
-    int iq1q_x86_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, int64_t K,
-                      const uint8_t *a, int64_t M, float *y, int nthreads, iq1q_pool_run_fn run)
-    const iq1q_act_quantize_fn iq1q_x86_act_quantizers[]
+    int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, int64_t K,
+                       const uint8_t *a, int64_t M, float *y, int nthreads, iq1q_pool_run_fn run)
+    const iq1q_act_quantize_fn iq1q_simd_act_quantizers[]
     enum:
         IQ1Q_IQ1_S_R4
         IQ1Q_Q8_1
@@ -77,7 +78,7 @@ def gemm(int wfmt, int afmt, const uint8_t[::1] packed, const uint8_t[::1] a, fl
     cdef int err
     cdef int hist = wfmt == IQ1Q_IQ1_S_R4 and afmt == IQ1Q_Q8_1
     with nogil:
-        err = iq1q_x86_gemm(afmt, hist, &packed[0], N, K, &a[0], M, &y[0, 0], threads, pool_run)
+        err = iq1q_simd_gemm(afmt, hist, &packed[0], N, K, &a[0], M, &y[0, 0], threads, pool_run)
     if err:
         raise MemoryError("iq1q: no memory for the activation sums")
 
@@ -87,4 +88,4 @@ def quantize_activations(int fmt, const float[:, ::1] x, uint8_t[::1] out, int t
     _info(fmt)
     if fmt < IQ1Q_Q8_0:
         raise ValueError(f"{format_name(fmt)} is not an activation format")
-    return _run_act_quantizer(iq1q_x86_act_quantizers[fmt - IQ1Q_Q8_0], fmt, x, out, threads)
+    return _run_act_quantizer(iq1q_simd_act_quantizers[fmt - IQ1Q_Q8_0], fmt, x, out, threads)

@@ -1,0 +1,5 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""The AArch64 NEON kernels built for neon (flags in setup.py); import only where
+iq1q.cpu says the CPU can run them."""
+
+include "simd_shell.pxi"

@@ -1,0 +1,229 @@
+/* simd_gemm.h: the GEMM driver every SIMD kernel set shares (x86.h, neon.h):
+ * the activation data a kernel reads besides the quants, the split of the work
+ * over the worker pool, and the choice between the fused (few activation rows)
+ * and the expanded (many rows) path. Only the integer steps are per ISA.
+ *
+ * The including header defines, before including this one,
+ *   IQ1Q_SIMD_NM          activation rows per pass (a macro: the ISA code instantiates per count)
+ *   IQ1Q_SIMD_GROUP_SUMS  1 when its kernel needs the sums of the quants over groups of 8
+ *   iq1q_simd_half        the operands of one half chunk (16 columns of a tile's 8 rows)
+ * and, after it, the two functions declared below.
+ *
+ * The work: tiles of 8 weight rows are dealt over the threads; per tile, the
+ * activation rows go in blocks of IQ1Q_SIMD_MC. With at most IQ1Q_SIMD_NM of
+ * them the kernel makes each operand where it is used (the GEMV path); with
+ * more, a chunk of up to IQ1Q_SIMD_KCH * 32 columns is expanded once into an
+ * L1-sized scratch and every activation row runs over it (the GEMM path).
+ * Results do not depend on the thread count or on the path: every output is
+ * the same exact integer per activation block and the same float steps.
+ */
+#ifndef IQ1Q_SIMD_GEMM_H
+#define IQ1Q_SIMD_GEMM_H
+
+#include <stdlib.h>
+
+#include "iq1q_common.h"
+#include "pool.h"
+#include "tiles.h"
+
+enum {
+    IQ1Q_SIMD_KCH = 32, /* chunks of 32 columns expanded at a time: 10-12 KiB of scratch */
+    IQ1Q_SIMD_MC = 64,  /* activation rows per expansion */
+};
+
+/* ---- activations: what the kernel reads besides the quants ---------------- */
+
+typedef struct {
+    int ablk;                   /* values per block */
+    size_t atype, aqoff, asoff; /* block bytes, offset of the quants, of q8_1's s */
+    int fp16_scale;
+} iq1q_simd_act_format;
+
+static const iq1q_simd_act_format iq1q_simd_act_formats[IQ1Q_NUM_ACTIVATION_FORMATS] = {
+    {IQ1Q_BLOCK_Q8_0, IQ1Q_TYPE_SIZE_Q8_0, offsetof(iq1q_block_q8_0, qs), 0, 1},
+    {IQ1Q_BLOCK_Q8_1, IQ1Q_TYPE_SIZE_Q8_1, offsetof(iq1q_block_q8_1, qs), offsetof(iq1q_block_q8_1, s), 1},
+    {IQ1Q_BLOCK_Q8_K, IQ1Q_TYPE_SIZE_Q8_K, offsetof(iq1q_block_q8_k, qs), 0, 0},
+    {IQ1Q_BLOCK_Q8_K128, IQ1Q_TYPE_SIZE_Q8_K128, offsetof(iq1q_block_q8_k128, qs), 0, 0},
+};
+
+typedef struct {
+    iq1q_simd_act_format f;
+    const uint8_t *a;
+    size_t arow;     /* bytes per activation row */
+    int64_t K, nblk; /* nblk: blocks per row */
+    int16_t *b8;     /* [M][K/8] sums of the quants over groups of 8 (IQ1Q_SIMD_GROUP_SUMS) */
+    float *da;       /* [M][nblk] block scales */
+    float *s;        /* [M][nblk] q8_1's stored s, for the historical kernel only */
+} iq1q_simd_acts;
+
+static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
+    const uint8_t *row = A->a + (size_t)m * A->arow;
+    float *da = A->da + m * A->nblk;
+    for (int64_t i = 0; i < A->nblk; ++i) {
+        const uint8_t *blk = row + (size_t)i * A->f.atype;
+        uint32_t bits;
+        memcpy(&bits, blk, 4);
+        da[i] = A->f.fp16_scale ? iq1q_fp16_to_fp32((uint16_t)bits) : iq1q_bits_to_f32(bits);
+        if (A->s) {
+            uint16_t s;
+            memcpy(&s, blk + A->f.asoff, 2);
+            A->s[m * A->nblk + i] = iq1q_fp16_to_fp32(s);
+        }
+        if (!IQ1Q_SIMD_GROUP_SUMS) continue;
+        const int8_t *q = (const int8_t *)(blk + A->f.aqoff);
+        int16_t *b8 = A->b8 + m * (A->K / 8) + i * (A->f.ablk / 8);
+        for (int g = 0; g < A->f.ablk / 8; ++g) {
+            int sum = 0;
+            for (int j = 0; j < 8; ++j) sum += q[8 * g + j];
+            b8[g] = (int16_t)sum;
+        }
+    }
+}
+
+/* ---- what the ISA header defines ---------------------------------------------- */
+
+/* Operands of half h of chunk c of a tile, expanded once for many activation rows
+ * (hist: for the historical kernel). */
+static void iq1q_simd_expand(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h,
+                             int hist, iq1q_simd_half *o);
+
+/* nm (1..IQ1Q_SIMD_NM) activation rows m.. over chunks [c0, c1) (whole activation
+ * blocks) of a tile; f holds their float accumulators, 8 per row. The operands come
+ * from ops (expanded, for chunks c0..) or, when fused, are made on the spot. */
+static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile,
+                             const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0,
+                             int64_t c1, float *f, int hist, int fused);
+
+/* Defines iq1q_simd_rows_n over ROWS(ops, tile, L, A, m, c0, c1, f, NM, HIST, FUSED), an
+ * always-inline function of the ISA header whose last three arguments are constants:
+ * each row count and variant gets its own instantiation, its loops fully unrolled. */
+#define IQ1Q_SIMD_ROWS_CASE(ROWS, n)                                           \
+    case n:                                                                    \
+        if (fused) {                                                           \
+            if (hist) ROWS(ops, tile, L, A, m, c0, c1, f, n, 1, 1);            \
+            else ROWS(ops, tile, L, A, m, c0, c1, f, n, 0, 1);                 \
+        } else {                                                               \
+            if (hist) ROWS(ops, tile, L, A, m, c0, c1, f, n, 1, 0);            \
+            else ROWS(ops, tile, L, A, m, c0, c1, f, n, 0, 0);                 \
+        }                                                                      \
+        break;
+#if IQ1Q_SIMD_NM == 4
+#define IQ1Q_SIMD_ROWS_CASES(ROWS) \
+    IQ1Q_SIMD_ROWS_CASE(ROWS, 1) IQ1Q_SIMD_ROWS_CASE(ROWS, 2) IQ1Q_SIMD_ROWS_CASE(ROWS, 3) IQ1Q_SIMD_ROWS_CASE(ROWS, 4)
+#elif IQ1Q_SIMD_NM == 8
+#define IQ1Q_SIMD_ROWS_CASES(ROWS)                                                                   \
+    IQ1Q_SIMD_ROWS_CASE(ROWS, 1) IQ1Q_SIMD_ROWS_CASE(ROWS, 2) IQ1Q_SIMD_ROWS_CASE(ROWS, 3) IQ1Q_SIMD_ROWS_CASE(ROWS, 4) \
+    IQ1Q_SIMD_ROWS_CASE(ROWS, 5) IQ1Q_SIMD_ROWS_CASE(ROWS, 6) IQ1Q_SIMD_ROWS_CASE(ROWS, 7) IQ1Q_SIMD_ROWS_CASE(ROWS, 8)
+#else
+#error "IQ1Q_SIMD_NM: 4 or 8 activation rows per pass"
+#endif
+#define IQ1Q_SIMD_DEFINE_ROWS_N(ROWS)                                                               \
+    static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile,             \
+                                 const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,      \
+                                 int64_t c0, int64_t c1, float *f, int hist, int fused) {            \
+        switch (nm) { IQ1Q_SIMD_ROWS_CASES(ROWS) }                                                   \
+    }
+
+/* ---- the GEMM ----------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *packed;
+    iq1q_tile_layout L;
+    int64_t N, M, ntiles, tiles_per_task;
+    float *y; /* (M, N) row-major */
+    iq1q_simd_acts A;
+} iq1q_simd_job;
+
+static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
+    const iq1q_simd_job *J = (const iq1q_simd_job *)ctx;
+    const iq1q_simd_acts *A = &J->A;
+    const int hist = A->s != NULL;
+    iq1q_simd_half ops[2 * IQ1Q_SIMD_KCH];
+    float fbuf[IQ1Q_SIMD_MC * IQ1Q_TILE_ROWS];
+    const int64_t t0 = task * J->tiles_per_task;
+    const int64_t t1 = t0 + J->tiles_per_task < J->ntiles ? t0 + J->tiles_per_task : J->ntiles;
+    for (int64_t t = t0; t < t1; ++t) {
+        const uint8_t *tile = J->packed + (size_t)t * J->L.bytes;
+        for (int64_t m0 = 0; m0 < J->M; m0 += IQ1Q_SIMD_MC) {
+            const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
+            memset(fbuf, 0, sizeof(float) * IQ1Q_TILE_ROWS * (size_t)mc);
+            if (mc <= IQ1Q_SIMD_NM) { /* one pass: make each operand where it is used */
+                iq1q_simd_rows_n((int)mc, ops, tile, &J->L, A, m0, 0, J->L.nchunks, fbuf, hist, 1);
+            } else { /* expand a chunk of columns once, then run every row over it */
+                for (int64_t c0 = 0; c0 < J->L.nchunks; c0 += IQ1Q_SIMD_KCH) {
+                    const int64_t c1 = c0 + IQ1Q_SIMD_KCH < J->L.nchunks ? c0 + IQ1Q_SIMD_KCH : J->L.nchunks;
+                    for (int64_t c = c0; c < c1; ++c)
+                        for (int h = 0; h < 2; ++h) iq1q_simd_expand(tile, &J->L, c, h, hist, ops + 2 * (c - c0) + h);
+                    for (int64_t m = 0; m < mc; m += IQ1Q_SIMD_NM) {
+                        const int nm = mc - m < IQ1Q_SIMD_NM ? (int)(mc - m) : IQ1Q_SIMD_NM;
+                        iq1q_simd_rows_n(nm, ops, tile, &J->L, A, m0 + m, c0, c1,
+                                         fbuf + IQ1Q_TILE_ROWS * m, hist, 0);
+                    }
+                }
+            }
+            const int64_t row0 = t * IQ1Q_TILE_ROWS;
+            const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
+            for (int64_t m = 0; m < mc; ++m)
+                memcpy(J->y + (m0 + m) * J->N + row0, fbuf + IQ1Q_TILE_ROWS * m, sizeof(float) * nr);
+        }
+    }
+}
+
+typedef struct {
+    const iq1q_simd_acts *A;
+    int64_t rows_per_task, M;
+} iq1q_simd_prep_job;
+
+static void iq1q_simd_prep_task(void *ctx, int64_t task) {
+    const iq1q_simd_prep_job *P = (const iq1q_simd_prep_job *)ctx;
+    const int64_t m1 = (task + 1) * P->rows_per_task < P->M ? (task + 1) * P->rows_per_task : P->M;
+    for (int64_t m = task * P->rows_per_task; m < m1; ++m) iq1q_simd_prepare_row(P->A, m);
+}
+
+/* How many tasks to deal n units of work into: a few per thread, so a busy
+ * core slows the call by less than its share, and at least min_units each. */
+static inline int64_t iq1q_simd_tasks(int64_t n, int nthreads, int64_t min_units) {
+    int64_t t = nthreads <= 1 ? 1 : 4 * (int64_t)nthreads;
+    if (t > n / min_units) t = n / min_units;
+    return t < 1 ? 1 : t;
+}
+
+/* y (M x N) = X @ W.T for tiles `packed` of an N x K weight tensor and
+ * activations a (M rows of format afmt); hist: the historical iq1_s_r4 x q8_1
+ * kernel. Returns 0, or -1 when out of memory. */
+static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, int64_t K,
+                          const uint8_t *a, int64_t M, float *y, int nthreads, iq1q_pool_run_fn run) {
+    iq1q_simd_job J;
+    J.packed = packed;
+    J.L = iq1q_tile_layout_for(K);
+    J.N = N;
+    J.M = M;
+    J.y = y;
+    J.ntiles = iq1q_tile_count(N);
+    iq1q_simd_acts *A = &J.A;
+    A->f = iq1q_simd_act_formats[afmt - IQ1Q_Q8_0];
+    A->a = a;
+    A->arow = A->f.atype * (size_t)(K / A->f.ablk);
+    A->K = K;
+    A->nblk = K / A->f.ablk;
+    const size_t nb8 = IQ1Q_SIMD_GROUP_SUMS ? (size_t)M * (size_t)(K / 8) : 0;
+    const size_t nda = (size_t)M * (size_t)A->nblk;
+    char *scratch = malloc(nb8 * sizeof(int16_t) + (hist ? 2 : 1) * nda * sizeof(float) + 64);
+    if (!scratch) return -1;
+    A->da = (float *)scratch;
+    A->s = hist ? A->da + nda : NULL;
+    A->b8 = (int16_t *)(A->da + (hist ? 2 : 1) * nda);
+    iq1q_simd_prep_job P = {A, 0, M};
+    const int64_t ptasks = iq1q_simd_tasks(M, nthreads, 16);
+    P.rows_per_task = (M + ptasks - 1) / ptasks;
+    run(iq1q_simd_prep_task, &P, ptasks, nthreads);
+    /* at least 4 tiles (32 rows) per task at M = 1, fewer as M grows */
+    const int64_t min_tiles = M >= 8 ? 1 : 4;
+    const int64_t ntasks = iq1q_simd_tasks(J.ntiles, nthreads, min_tiles);
+    J.tiles_per_task = (J.ntiles + ntasks - 1) / ntasks;
+    run(iq1q_simd_gemm_task, &J, (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task, nthreads);
+    free(scratch);
+    return 0;
+}
+
+#endif /* IQ1Q_SIMD_GEMM_H */
