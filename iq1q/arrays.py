@@ -8,14 +8,16 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
 def as_float32(x, what: str, ndims: tuple[int, ...]) -> np.ndarray:
-    """x as a C-contiguous float32 array, after checking its dtype and ndim."""
+    """x as a C-contiguous, aligned float32 array, after checking its dtype and ndim."""
     arr = np.asarray(x)
     if arr.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} must be float16, float32 or float64, got dtype {arr.dtype}")
     if arr.ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
         raise ValueError(f"{what} must be {want}, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    # aligned too: a float32 view one byte into a buffer is contiguous, and the native
+    # code must not load floats from it (undefined behaviour, found by UBSan)
+    return np.require(arr, dtype=np.float32, requirements=("C_CONTIGUOUS", "ALIGNED"))
 
 
 def require_finite(x: np.ndarray, what: str) -> None:

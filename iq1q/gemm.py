@@ -38,6 +38,8 @@ def quantize_activations(x, fmt: str, backend: str | None = None,
 def _quantize(x2: np.ndarray, f: Format, quantizer, nthreads: int) -> np.ndarray:
     """The bytes of x2 (rows of a valid length for f) quantized to f."""
     out = np.empty(x2.shape[0] * f.row_size(x2.shape[1]), dtype=np.uint8)
+    if not out.size:  # no rows: no backend is asked to handle empty buffers
+        return out
     bad = quantizer(x2, out, nthreads)  # the native side splits the rows
     if bad >= 0:
         raise ValueError(f"NaN or Inf in activations (first in row {bad})")
@@ -82,9 +84,10 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
             hazards.enforce(hazards.scan(x2, afmt.name), overflow)
         route = registry.route(W.format, afmt.name, backend)
         rows, a = x2.shape[0], _quantize(x2, afmt, route.quantize, nthreads)
-    w = W._packed_for(route.packer, nthreads) if route.packer else W.data
     y = np.empty((rows, N), dtype=np.float32)
-    route.kernel(w, a, y, K, nthreads)  # the native side splits the work
+    if y.size:  # an empty product is not the kernels' business
+        w = W._packed_for(route.packer, nthreads) if route.packer else W.data
+        route.kernel(w, a, y, K, nthreads)  # the native side splits the work
     return y[0] if vector else y
 
 

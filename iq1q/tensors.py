@@ -169,6 +169,12 @@ class QuantizedActivations(_Quantized):
         return f"QuantizedActivations({self.format!r}, shape={self.shape}, {self.nbytes} bytes)"
 
 
+# The largest |w| any IQ1 block can encode: the fp16 maximum 65504 as scale d, times the
+# largest block multiplier 15 and the largest |grid value + delta| 1.125 (SPEC 6, 7).
+# Past it the reference quantizer's float sums overflow and it would write zeros.
+MAX_WEIGHT = float(np.finfo(np.float16).max) * 15 * 1.125
+
+
 def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> QuantizedTensor:
     """Quantize a (N, K) float matrix to an IQ1 weight format, byte-exact with ik_llama.cpp.
 
@@ -179,6 +185,9 @@ def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> Quantized
     x = as_float32(w, "weights", (2,))
     rows, n = _check_shape(f, x.shape)
     require_finite(x, "weights")
+    if rows and (big := float(np.abs(x).max())) > MAX_WEIGHT:
+        raise ValueError(f"weights up to {big:.3g} are beyond what IQ1's fp16 scales can hold "
+                         f"(|w| <= {MAX_WEIGHT:.3g}); scale the matrix down first")
     im = None
     if imatrix is not None:
         im = as_float32(imatrix, "imatrix", (1,))
@@ -191,7 +200,11 @@ def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> Quantized
     if rows:
         run_rows(lambda a, b: _ref.quantize_weights(f.id, x, out, im, a, b),
                  rows, f.rows_per_group, threads)
-    return QuantizedTensor(f, rows, n, out)
+    t = QuantizedTensor(f, rows, n, out)
+    if (bad := _bad_scale_rows(t)).size:  # a block scale past fp16's 65504: not a usable tensor
+        raise ValueError(f"weights up to {float(np.abs(x[bad]).max()):.3g} in row {bad[0]} overflow "
+                         f"{f.name}'s fp16 scales ({bad.size} row(s)); scale the matrix down first")
+    return t
 
 
 def dequantize(t: QuantizedTensor | QuantizedActivations) -> np.ndarray:

@@ -24,12 +24,22 @@ static inline float iq1q_absmax(const float *x, int n, int *bad) {
     return amax;
 }
 
-/* q_j = round_half_even(x_j * 127/amax); returns the sum of the quants. */
+/* q_j = round_half_even(x_j * 127/amax); returns the sum of the quants.
+ *
+ * Below amax ~ 3.7e-37, 127/amax overflows float32: x * id would be +-inf or NaN and
+ * the quants undefined (ik_llama.cpp's x86 code yields -128 there, C's lrintf
+ * something else). There both x and amax are scaled by 2^64 first: exact, as a
+ * power of two, so q is the product x * id would round to with an unbounded
+ * exponent, and the block keeps its full int8 range. Above it, the scale is 1. */
 static inline int iq1q_quantize_q8(const float *x, int n, float amax, int8_t *q) {
-    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    float id = amax > 0.0f ? 127.0f / amax : 0.0f, scale = 1.0f;
+    if (id > FLT_MAX) {
+        scale = 0x1p64f;
+        id = 127.0f / (amax * scale);
+    }
     int sum = 0;
     for (int j = 0; j < n; ++j) {
-        const int v = iq1q_nearest_int(x[j] * id);
+        const int v = iq1q_nearest_int(x[j] * scale * id);
         q[j] = (int8_t)v;
         sum += v;
     }

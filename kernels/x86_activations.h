@@ -13,10 +13,8 @@
  *     whether the block holds a non-finite value (the reference's "bad" test).
  *   - The vector path runs only when x * id is finite for every element: amax
  *     finite and id = 127/amax finite. Otherwise (a NaN/Inf in the block, or
- *     amax < ~3.7e-37 so that 127/amax overflows to inf and x*id becomes inf or
- *     0*inf = NaN) the block goes through the reference's own block code, so it
- *     yields whatever the reference yields for those products (on x86-64
- *     glibc: q = 0).
+ *     amax < ~3.7e-37 so that 127/amax overflows to inf, which the reference
+ *     handles by scaling) the block goes through the reference's own block code.
  *   - In the vector path |x * id| <= ~127, so packs never saturate, and
  *     cvtps_epi32 (MXCSR round-to-nearest-even) equals lrintf.
  *   - fp16 fields in the vector path are converted with F16C (vcvtps2ph,

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from functools import cache
@@ -5,6 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# test_fuzz.py: "ci" (the default) is bounded and reproducible; "long" is for a local run
+# (pytest --hypothesis-profile=long), random, 25 times the cases.
+FUZZ_EXAMPLES = 200
+settings.register_profile("ci", max_examples=FUZZ_EXAMPLES, derandomize=True, print_blob=True)
+settings.register_profile("long", max_examples=25 * FUZZ_EXAMPLES)
+settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the independent oracle (tests/oracle.py)
@@ -42,6 +51,12 @@ def _can_start_python() -> bool:
         return subprocess.run([sys.executable, "-c", "pass"], capture_output=True).returncode == 0
     except OSError:  # e.g. an aarch64 interpreter run by qemu-user without binfmt
         return False
+
+
+def sanitizer_env() -> dict[str, str]:
+    """The variables a child interpreter needs to load a sanitizer build of iq1q
+    (tools/test-sanitizers.sh), for tests that give it an otherwise bare environment."""
+    return {k: v for k, v in os.environ.items() if k in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
 
 
 @pytest.fixture

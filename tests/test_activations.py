@@ -12,9 +12,12 @@ from spec_vectors import Q8_K128_11_1, activation_11_1, activation_11_4, q8_k128
 def _blocks(x, qk):
     xb = x.astype(np.float32).reshape(-1, qk)
     amax = np.abs(xb).max(axis=1)
+    # where 127/amax would overflow (amax < ~3.7e-37), x and amax are scaled by 2^64 first
+    tiny = (amax > 0) & (amax < np.float32(127) / np.finfo(np.float32).max)
+    scale = np.where(tiny, np.float32(2.0**64), np.float32(1)).astype(np.float32)
     with np.errstate(divide="ignore"):
-        iscale = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
-    q = np.rint(xb * iscale[:, None]).astype(np.int32)  # float32 product, half to even
+        iscale = np.where(amax > 0, np.float32(127) / (amax * scale), np.float32(0)).astype(np.float32)
+    q = np.rint((xb * scale[:, None]) * iscale[:, None]).astype(np.int32)  # float32 products, half to even
     return (amax / np.float32(127)).astype(np.float32), q
 
 
@@ -63,6 +66,22 @@ def test_bytes_match_numpy_model(fmt, rng, backend):
     x[2, ::7] = 0.5  # many exact ties after scaling
     x[3] = np.round(x[3] * 4) / 4
     assert iq1q.quantize_activations(x, fmt, backend=backend).tobytes() == model_bytes(x, fmt)
+
+
+@pytest.mark.parametrize("fmt", iq1q.ACTIVATION_FORMATS)
+def test_tiny_blocks_keep_the_int8_range(fmt, rng, backend):
+    """Blocks whose amax is below ~3.7e-37 (127/amax overflows float32, which once made
+    every quant 0) are quantized as if the exponent were unbounded."""
+    x = rng.standard_normal((4, 512)).astype(np.float32)
+    x[0] *= np.float32(1e-38)  # normal floats, 127/amax = inf
+    x[1] *= np.float32(1e-41)  # subnormal floats
+    x[2, :] = 0.0
+    x[2, 7] = np.float32(1.4e-45)  # one smallest subnormal: q = 127 there, 0 elsewhere
+    x[3] *= np.float32(4e-37)  # just above the threshold: the plain path
+    got = iq1q.quantize_activations(x, fmt, backend=backend)
+    assert got.tobytes() == model_bytes(x, fmt)
+    _, q = _blocks(x, iq1q.format_info(fmt).block_size)
+    assert (np.abs(q).reshape(4, -1).max(axis=1) == 127).all()
 
 
 @pytest.mark.parametrize("fmt", iq1q.ACTIVATION_FORMATS)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import iq1q
+from conftest import sanitizer_env
 from iq1q import plugins, registry
 
 
@@ -164,7 +165,8 @@ def installed_plugin(tmp_path):
 
 
 def _backends_in_subprocess(python, path, load_plugins):
-    env = {"PYTHONPATH": str(path), "PATH": ""}
+    # a bare environment, but for the sanitizer runtimes (tools/test-sanitizers.sh)
+    env = {"PYTHONPATH": str(path), "PATH": "", **sanitizer_env()}
     if load_plugins is not None:
         env["IQ1Q_LOAD_PLUGINS"] = load_plugins
     code = "import iq1q, json; print(json.dumps({b.name: b.origin for b in iq1q.backends()}))"
