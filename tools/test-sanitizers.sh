@@ -23,6 +23,9 @@ tar -C "$PROJ" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='./
     | tar -C "$WORK/src" -xf -
 
 step "build with $SAN"
+# an in-place build needs the build requirements here (pip's own builds isolate them)
+python3 -m pip install -q $(cd "$PROJ" && python3 -c \
+    "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))")
 (cd "$WORK/src" && CC="$CC" CFLAGS="$SAN" LDFLAGS="$SAN" python3 setup.py -q build_ext --inplace >/dev/null)
 
 # Python itself is not instrumented: the runtimes come first through LD_PRELOAD. Leak
