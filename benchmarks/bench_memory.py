@@ -5,7 +5,7 @@
 
 Prints the resident memory after a warm-up and after the runs, the growth, and the peak
 of a large matmul beside what it must hold (output + quantized activations) and the
-kernels' workspace bound. The smaller versions of these checks are tests/test_memory.py.
+kernels' scratch (per activation row an int16 per 8 values and a float per block). The smaller versions of these checks are tests/test_memory.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_memory import MiB, peak_since_reset, rss  # noqa: E402  (one way to read /proc)
+from test_memory import MiB, python_peak, rss  # noqa: E402  (one way to measure)
 
 import iq1q  # noqa: E402
 from iq1q.report import table  # noqa: E402
@@ -62,12 +62,13 @@ def main() -> None:
     prow = []
     for b in (b.name for b in iq1q.backends() if b.available):
         iq1q.matmul(xs, Wbig, backend=b)  # the one-time repack, kept with the tensor
-        peak = peak_since_reset(lambda: iq1q.matmul(xs, Wbig, backend=b))
+        peak = python_peak(lambda: iq1q.matmul(xs, Wbig, backend=b))
         prow.append([b, f"{peak / MiB:.1f}", f"{out / MiB:.1f}", f"{acts / MiB:.1f}", f"{work / MiB:.2f}",
                      f"{(peak - out - acts) / MiB:+.2f}"])
-    print(f"peak of one matmul, M={M} x K={K} by N={N} iq1_s_r4 (q8_k128), default threads:")
+    print(f"peak of one matmul, M={M} x K={K} by N={N} iq1_s_r4 (q8_k128), default threads; Python and numpy "
+          f"allocations (tracemalloc) and, beside them, the kernels' malloc'd scratch by its formula:")
     print(table(["backend", "peak MiB", "output MiB", "q8_k128 activations MiB",
-                             "workspace bound MiB", "peak - output - activations MiB"], prow))
+                 "native scratch MiB", "peak - output - activations MiB"], prow))
 
 
 if __name__ == "__main__":
