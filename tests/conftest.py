@@ -9,10 +9,12 @@ import pytest
 from hypothesis import settings
 
 # test_fuzz.py: "ci" (the default) is bounded and reproducible; "long" is for a local run
-# (pytest --hypothesis-profile=long), random, 25 times the cases.
+# (pytest --hypothesis-profile=long), random, 25 times the cases; "emulated" is for the
+# suite under qemu-user (tools/test-aarch64.sh), where Python runs ~10 times slower.
 FUZZ_EXAMPLES = 200
 settings.register_profile("ci", max_examples=FUZZ_EXAMPLES, derandomize=True, print_blob=True)
 settings.register_profile("long", max_examples=25 * FUZZ_EXAMPLES)
+settings.register_profile("emulated", max_examples=FUZZ_EXAMPLES // 10, derandomize=True, print_blob=True)
 settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,11 @@ def backend(request):
     import iq1q
 
     info = next(b for b in iq1q.backends() if b.name == request.param)
+    # IQ1Q_TEST_BACKENDS (comma list): only these; tools/test-aarch64.sh spreads the
+    # backends over the emulated CPU models, where every run costs minutes
+    only = os.environ.get("IQ1Q_TEST_BACKENDS")
+    if only and info.name not in only.split(","):
+        pytest.skip(f"backend {info.name} is not in IQ1Q_TEST_BACKENDS={only}")
     if not info.available:
         pytest.skip(f"backend {info.name} is not available here: {info.description}")
     return info.name

@@ -15,7 +15,9 @@
 #   3. the project cross-compiled into a linux_aarch64 wheel with crossenv: setup.py
 #      picks the kernel modules by the target platform and setuptools takes CC/LDSHARED;
 #   4. that wheel with its test extra (aarch64 wheels from PyPI) into a target folder;
-#   5. per CPU model, the models side by side: pytest under qemu-aarch64-static, then
+#   5. per CPU model, the models side by side: pytest under qemu-aarch64-static (max runs
+#      every backend's parametrised tests, neoverse-n1 those of ref and neon, cortex-a72
+#      those of ref and neon_plain: IQ1Q_TEST_BACKENDS), then
 #      `iq1q info` (the kernel table of the default choice) and `iq1q demo` with
 #      IQ1Q_BACKEND=neon where the CPU has dotprod, and with IQ1Q_BACKEND=neon_plain on
 #      cortex-a72; beside them, the C tests of the NEON kernels (tests/test_simd_c.py),
@@ -30,7 +32,8 @@ WORK=${WORK:-/tmp/iq1q-aarch64}
 QEMU_CPUS=${QEMU_CPUS:-"max neoverse-n1 cortex-a72"}
 # test_grid.py regenerates the grid from the source tree's tools; test_simd_c.py compiles
 # C tests, which the emulated interpreter cannot run (it has no binfmt for aarch64)
-PYTEST_ARGS=${PYTEST_ARGS:-"-q -p no:cacheprovider tests --ignore=tests/test_grid.py --ignore=tests/test_simd_c.py"}
+PYTEST_ARGS=${PYTEST_ARGS:-"-q -p no:cacheprovider --durations=8 --hypothesis-profile=emulated tests
+    --ignore=tests/test_grid.py --ignore=tests/test_simd_c.py"}
 SUITE=bookworm
 PYV=3.11
 export DEBIAN_FRONTEND=noninteractive
@@ -91,6 +94,9 @@ check_cpu() {
     local cpu=$1 backend=neon
     [ "$cpu" != cortex-a72 ] || backend=neon_plain
     export QEMU_CPU=$cpu
+    # max runs every backend's parametrisations; the others the reference and the one
+    # backend each one exists to prove (its default), which halves their kernel tests
+    [ "$cpu" = max ] || export IQ1Q_TEST_BACKENDS=ref,$backend
     echo "== pytest"
     emulate -m pytest $PYTEST_ARGS
     echo "== iq1q info"
