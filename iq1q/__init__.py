@@ -16,6 +16,16 @@ from . import plugins  # noqa: E402  (loads the built-in and installed backends)
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # iq1q.gguf_io needs the optional gguf package: imported on first use, not with iq1q
+    if name == "gguf_io":
+        import importlib
+
+        return importlib.import_module(".gguf_io", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ACTIVATION_FORMATS", "WEIGHT_FORMATS", "Backend", "BackendInfo", "Format",
     "Fp16OverflowError", "Fp16OverflowWarning", "Fp16Report", "QuantizedActivations",

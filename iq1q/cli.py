@@ -1,8 +1,9 @@
-"""The `iq1q` command: demo and info."""
+"""The `iq1q` command: demo, info and quantize."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -93,6 +94,32 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
+def quantize_gguf(args: argparse.Namespace) -> int:
+    try:
+        from .model_quantize import quantize_model
+    except ImportError as e:  # the gguf extra is missing
+        raise ValueError(f"{e} (iq1q quantize needs: pip install 'iq1q[gguf]')") from None
+
+    def terminate(signum, frame):  # SIGTERM, SIGHUP: unwind like Ctrl-C, so the temporary file goes
+        raise KeyboardInterrupt
+
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, terminate) for s in sigs}
+    try:
+        summary = quantize_model(args.input, args.output, args.type, imatrix=args.imatrix,
+                                 tensor_types=args.tensor_type, threads=args.threads,
+                                 progress=args.progress)
+    except KeyboardInterrupt:
+        print(f"iq1q: interrupted; {args.output} was not written", file=sys.stderr)
+        return 130
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(f"wrote {args.output}\n")
+    print(summary.table())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iq1q", description="IQ1 weight matrices on the CPU")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,10 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=demo)
     p = sub.add_parser("info", help="CPU features, backends and the kernel table")
     p.set_defaults(func=info)
+    p = sub.add_parser("quantize", help="quantize a GGUF model's block weights to an IQ1 type",
+                       description="Quantize every weight matrix of the transformer blocks (as "
+                       "ik_llama.cpp's llama-quantize --pure) and copy everything else.")
+    p.add_argument("input", metavar="IN.gguf")
+    p.add_argument("output", metavar="OUT.gguf")
+    p.add_argument("--type", required=True, choices=WEIGHT_FORMATS)
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix: llama-imatrix's .dat or a GGUF imatrix")
+    p.add_argument("--tensor-type", metavar="REGEX=TYPE", action="append", default=[],
+                   help="type for tensors whose name matches REGEX (first match wins): an IQ1 type, "
+                        "keep, or a type the gguf package writes (q8_0, f16, ...); repeatable")
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.set_defaults(func=quantize_gguf)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"iq1q: error: {e}", file=sys.stderr)
         return 2
 

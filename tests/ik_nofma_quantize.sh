@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# ik_llama.cpp's llama-quantize with its weight quantizers compiled -ffp-contract=off (SPEC 1.6),
+# next to the regular build that ../shared/ikbench/build-tools.sh makes (~3 min on 2 cores).
+# The tests compare iq1q with it byte for byte; against the regular (FMA-contracted) build
+# they allow the few bytes FMA rounding changes. Output: $IK_ROOT/nofma/llama-quantize.
+set -euo pipefail
+IK_ROOT="${IK_ROOT:-/tmp/ikbuild}"
+B="$(cat "$IK_ROOT/tools-build-dir.txt" 2>/dev/null || echo "$IK_ROOT/build")"
+S="$IK_ROOT/src/ggml/src"
+[ -x "$B/bin/llama-quantize" ] || { echo "build ik's tools first: ../shared/ikbench/build-tools.sh" >&2; exit 2; }
+OUT="$IK_ROOT/nofma"
+mkdir -p "$OUT" && cd "$OUT"
+# the same defines and flags as ggml's own objects (build/ggml/src/CMakeFiles/ggml.dir/flags.make)
+DEF="-DGGML_EXPERT_CHUNKING -DGGML_IQK_FLASH_ATTENTION -DGGML_SCHED_MAX_COPIES=1 -DGGML_USE_IQK_MULMAT
+     -DGGML_USE_OPENMP -DNDEBUG -D_GNU_SOURCE -D_XOPEN_SOURCE=600"
+INC="-I$S/../include -I$S"
+cc $DEF $INC -O3 -std=gnu11 -march=native -fopenmp -ffp-contract=off -c "$S/ggml-quants.c" -o ggml-quants.c.o
+c++ $DEF $INC -O3 -std=gnu++20 -march=native -fopenmp -ffp-contract=off -c "$S/iqk/iqk_quantize.cpp" -o iqk_quantize.cpp.o
+cp "$B/ggml/src/libggml.a" libggml.a
+ar r libggml.a ggml-quants.c.o iqk_quantize.cpp.o  # replace the two members
+c++ -O3 "$B/examples/quantize/CMakeFiles/llama-quantize.dir/quantize.cpp.o" -o llama-quantize \
+    "$B/src/libllama.a" "$B/common/libcommon.a" "$B/src/libllama.a" ./libggml.a -fopenmp -lpthread -lm
+echo "built $OUT/llama-quantize"
