@@ -1,4 +1,4 @@
-"""The `iq1q` command: demo, info and quantize."""
+"""The `iq1q` command: demo, info, quantize, perplexity and imatrix."""
 
 from __future__ import annotations
 
@@ -120,6 +120,63 @@ def quantize_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_text(path: str | None) -> tuple[str | None, str]:
+    if path is None:
+        return None, "built-in (Coriolanus, opening)"
+    with open(path, encoding="utf-8") as fh:
+        return fh.read(), path
+
+
+def _needs_extras(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ImportError as e:  # gguf or sentencepiece missing: a one-line error, not a traceback
+        raise ValueError(f"{e} (needs: pip install 'iq1q[gguf,tokenizer]')") from None
+
+
+def perplexity_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from .perplexity import format_table, perplexity
+
+    text, _ = _read_text(args.text)
+    result = _needs_extras(perplexity,args.model, text, ctx=args.ctx, weights=args.weights, activations=args.activations,
+                        imatrix=args.imatrix, both_imatrix=args.both_imatrix,
+                        llama_compatible=args.llama_compatible, max_chunks=args.chunks,
+                        threads=args.threads, progress=args.progress)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def imatrix_cmd(args: argparse.Namespace) -> int:
+    from . import imatrix
+
+    text, name = _read_text(args.text)
+    if text is None:
+        from .perplexity import builtin_text
+        text = builtin_text()
+    t0 = time.perf_counter()
+    col, n = _needs_extras(imatrix.compute, args.model, text, ctx=args.ctx, max_chunks=args.chunks, threads=args.threads,
+                             progress=args.progress)
+    if str(args.output).endswith(".dat"):
+        imatrix.write_legacy(args.output, col, name, n)
+    else:
+        imatrix.write_gguf(args.output, col, name, n, args.ctx)
+    print(f"wrote {args.output}: {len(col.sums)} entries from {n} chunks of {args.ctx} tokens "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _threads_and_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iq1q", description="IQ1 weight matrices on the CPU")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,10 +199,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensor-type", metavar="REGEX=TYPE", action="append", default=[],
                    help="type for tensors whose name matches REGEX (first match wins): an IQ1 type, "
                         "keep, or a type the gguf package writes (q8_0, f16, ...); repeatable")
-    p.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
+    _threads_and_progress(p)
     p.set_defaults(func=quantize_gguf)
+    p = sub.add_parser("perplexity", help="perplexity of a GGUF model, float and per (weight, activation) pair",
+                       description="Perplexity of a llama or gemma3 GGUF model on a text: the float model "
+                       "(weights dequantized) and, for each --weights format, the model quantized as "
+                       "'iq1q quantize' does, with each --activations format. An already-quantized IQ1 "
+                       "file runs as it is. See iq1q.perplexity for which tokens are scored.")
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("--text", metavar="FILE", help="UTF-8 text (default: the built-in public-domain text)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk, BOS included (default 512)")
+    p.add_argument("--weights", nargs="*", default=[], choices=WEIGHT_FORMATS, metavar="FMT",
+                   help=f"weight formats to quantize to ({', '.join(WEIGHT_FORMATS)})")
+    p.add_argument("--activations", nargs="+", default=["q8_k128"], choices=ACTIVATION_FORMATS, metavar="FMT",
+                   help=f"activation formats ({', '.join(ACTIVATION_FORMATS)}; default q8_k128)")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix for quantizing (.dat or GGUF)")
+    p.add_argument("--both-imatrix", action="store_true", help="with --imatrix: run each format also without it")
+    p.add_argument("--llama-compatible", action="store_true",
+                   help="score as llama-perplexity: BOS replaces each chunk's first token, second half scored")
+    p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many chunks")
+    p.add_argument("--json", metavar="FILE", help="write the table, token ids and per-token NLL as JSON")
+    _threads_and_progress(p)
+    p.set_defaults(func=perplexity_cmd)
+    p = sub.add_parser("imatrix", help="importance matrix of a GGUF model on a text",
+                       description="Mean x^2 per input column of every block linear layer over the text, "
+                       "as llama-imatrix computes it; written as llama.cpp's GGUF imatrix, or as the legacy "
+                       ".dat (what ik_llama.cpp reads) when OUT ends in .dat.")
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("--text", metavar="FILE", help="UTF-8 text (default: the built-in text; better a different one "
+                   "from the evaluation text)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, default=None, help="use at most this many chunks")
+    _threads_and_progress(p)
+    p.set_defaults(func=imatrix_cmd)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -164,3 +164,90 @@ def load(path: str | os.PathLike) -> Imatrix:
         buf = head + fh.read()
     return _load_legacy(path, buf)
 
+
+# ---------------------------------------------------------------------------
+# computing and writing (`iq1q imatrix`)
+
+
+class Collector:
+    """A forward hook (iq1q.model) that sums x^2 per input column of every linear layer of
+    the transformer blocks, and counts the rows (tokens), as llama-imatrix does: the output
+    head and other tensors outside `blk.` are left out (llama-imatrix without --process-output)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, name: str, x: np.ndarray) -> None:
+        if not name.startswith("blk."):
+            return
+        x2 = np.square(x, dtype=np.float64).sum(axis=0)  # float64: thousands of tokens per column
+        if name in self.sums:
+            self.sums[name] += x2
+            self.counts[name] += x.shape[0]
+        else:
+            self.sums[name], self.counts[name] = x2, x.shape[0]
+
+    def imatrix(self, dataset: str = "", chunks: int = 0) -> Imatrix:
+        entries = {n: (s / self.counts[n]).astype(np.float32) for n, s in self.sums.items()}
+        return Imatrix(entries, None, [dataset] if dataset else [], chunks, "")
+
+
+def write_gguf(path: str | os.PathLike, collector: Collector, dataset: str, chunks: int, chunk_size: int) -> None:
+    """Mainline llama.cpp's GGUF imatrix: per entry `<name>.in_sum2` (1, K) float32 sums of
+    squares and `<name>.counts` (1, 1) float32 row count; general.type = imatrix."""
+    from . import gguf_io
+
+    tensors = {}
+    for name in sorted(collector.sums):
+        tensors[name + ".in_sum2"] = collector.sums[name].astype(np.float32).reshape(1, -1)
+        tensors[name + ".counts"] = np.array([[collector.counts[name]]], np.float32)
+    meta = {"general.type": "imatrix", "imatrix.datasets": [dataset],
+            "imatrix.chunk_count": np.uint32(chunks), "imatrix.chunk_size": np.uint32(chunk_size)}
+    gguf_io.write(path, tensors, meta)
+
+
+def write_legacy(path: str | os.PathLike, collector: Collector, dataset: str, chunks: int) -> None:
+    """llama-imatrix's legacy .dat (what ik_llama.cpp's tools read): values = mean x^2 * ncall
+    with ncall = the row count here (readers divide by ncall, whatever it counts; llama-imatrix
+    counts calls); then the chunk count and the dataset's name."""
+    import struct
+
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(collector.sums)))
+        for name in sorted(collector.sums):
+            b = name.encode()
+            n = collector.counts[name]
+            v = collector.sums[name].astype("<f4")
+            f.write(struct.pack("<i", len(b)) + b + struct.pack("<ii", n, v.size) + v.tobytes())
+        d = dataset.encode()
+        f.write(struct.pack("<ii", chunks, len(d)) + d)
+
+
+def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks: int | None = None,
+            threads: int | None = None, progress: bool | None = None) -> tuple[Collector, int]:
+    """Run the model over text in llama-imatrix's chunks (ctx tokens, the first replaced by
+    BOS; iq1q.perplexity.chunks with llama_compatible) and collect every block linear
+    layer's input. Returns the collector and the number of chunks."""
+    import sys
+
+    from tqdm import tqdm
+
+    from . import gguf_io
+    from .model import from_gguf
+    from .perplexity import chunks
+    from .tokenizer import Tokenizer
+
+    f = gguf_io.read(model_path)
+    tok = Tokenizer(f.metadata)
+    ids = tok.encode(text, add_bos=False)
+    if len(ids) + 1 < ctx:
+        raise ImatrixError(f"the text has {len(ids)} tokens, fewer than one chunk of --ctx {ctx}")
+    parts = chunks(ids, ctx, tok.bos_id, llama_compatible=True, max_chunks=max_chunks) if len(ids) + 1 >= 2 * ctx \
+        else [chunks(ids, ctx, tok.bos_id, max_chunks=1)[0]]
+    model = from_gguf(f, threads=threads)
+    col = Collector()
+    for c in tqdm(parts, desc="imatrix", unit="chunk", leave=False, file=sys.stderr,
+                  disable=not (sys.stderr.isatty() if progress is None else progress)):
+        model.hidden(c.tokens, col)  # the output head is not collected, so not computed
+    return col, len(parts)

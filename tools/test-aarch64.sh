@@ -96,9 +96,10 @@ check_cpu() {
     export QEMU_CPU=$cpu
     # max runs every backend's parametrisations; the others the reference and the one
     # backend each one exists to prove (its default), which halves their kernel tests;
-    # `iq1q quantize` (Python over the reference quantizer) runs on max only
+    # `iq1q quantize` and `iq1q perplexity` (Python over the kernels) run on max only
     local only_max=""
-    [ "$cpu" = max ] || { export IQ1Q_TEST_BACKENDS=ref,$backend; only_max="--ignore=tests/test_model_quantize.py"; }
+    [ "$cpu" = max ] || { export IQ1Q_TEST_BACKENDS=ref,$backend
+                          only_max="--ignore=tests/test_model_quantize.py --ignore=tests/test_perplexity.py"; }
     echo "== pytest"
     emulate -m pytest $PYTEST_ARGS $only_max
     echo "== iq1q info"

@@ -1,0 +1,344 @@
+"""A numpy float32 forward pass of `llama` and `gemma3` GGUF models over iq1q.matmul.
+
+    m = iq1q.model.load("model.gguf", activation="q8_k128")
+    logits = m.forward(token_ids)                 # (T, n_vocab) float32, causal, positions 0..T-1
+    m.forward(ids, hook=lambda name, x: ...)      # sees every linear layer's input (T, K)
+
+Every 2-D linear layer whose weight is an IQ1 tensor is an `iq1q.matmul` with the chosen
+activation format; every other weight is dequantized to float32 once and multiplied by
+numpy. The hyper-parameters come from the GGUF metadata (`{arch}.*` keys, as llama.cpp
+reads them); what llama.cpp fixes per architecture instead of reading it (Gemma 3's
+5-local-1-global layer pattern and its local RoPE base, the embedding scale, the GELU MLP,
+the extra norms) is in ARCHITECTURES, the one place for such facts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .gemm import matmul
+from .tensors import QuantizedTensor
+
+Hook = Callable[[str, np.ndarray], None]
+
+
+class ModelError(ValueError):
+    """A GGUF model this runner cannot run (architecture, metadata or tensors)."""
+
+
+@dataclass(frozen=True)
+class ArchFacts:
+    """What llama.cpp hard-codes per architecture (llama-hparams.cpp, graphs/build_*.cpp)."""
+
+    rope_neox: bool            # NEOX rotates (x[i], x[i + d/2]); NORM rotates (x[2i], x[2i+1])
+    activation: str            # gated MLP: act(gate(x)) * up(x)
+    embed_scale: bool = False  # token embeddings times sqrt(n_embd)
+    qk_norm: bool = False      # RMSNorm of each q and k head before RoPE (attn_q_norm, attn_k_norm)
+    post_norms: bool = False   # RMSNorm of the attention and MLP outputs before the residual add
+    swa_pattern: int = 0       # every swa_pattern-th layer is global, the others sliding (0: none)
+    rope_base_swa: float | None = None  # RoPE base of the sliding layers
+
+
+ARCHITECTURES: dict[str, ArchFacts] = {
+    "llama": ArchFacts(rope_neox=False, activation="silu"),
+    # llama.cpp's build_gemma3: layers il with (il + 1) % 6 != 0 use the sliding window and
+    # RoPE base 10000; norm weights in GGUF already include Gemma's "1 +"
+    "gemma3": ArchFacts(rope_neox=True, activation="gelu", embed_scale=True, qk_norm=True,
+                        post_norms=True, swa_pattern=6, rope_base_swa=10000.0),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int        # key length
+    value_dim: int
+    n_rot: int
+    eps: float
+    rope_base: float
+    rope_scale: float    # positions are multiplied by it (linear scaling: 1 / factor)
+    attn_scale: float
+    sliding_window: int  # 0: none
+    swa_layers: tuple[bool, ...]
+    final_softcap: float  # 0: none
+    facts: ArchFacts
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, Any]) -> Config:
+        arch = md.get("general.architecture")
+        if arch is None:
+            raise ModelError("GGUF metadata has no 'general.architecture'")
+        arch = str(arch)
+        if arch not in ARCHITECTURES:
+            raise ModelError(f"architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+        facts = ARCHITECTURES[arch]
+
+        def key(name: str, default: Any = None) -> Any:
+            full = f"{arch}.{name}"
+            if full in md:
+                v = md[full]
+                if isinstance(v, (list, np.ndarray)) and np.size(v) > 1:
+                    vals = np.unique(np.asarray(v))
+                    if vals.size != 1:
+                        raise ModelError(f"per-layer values of {full!r} are not supported")
+                    v = vals[0]
+                return v.item() if isinstance(v, np.generic) else v
+            if default is None:
+                raise ModelError(f"GGUF metadata has no {full!r} (needed by the {arch} architecture)")
+            return default
+
+        n_layer, n_embd, n_head = int(key("block_count")), int(key("embedding_length")), int(key("attention.head_count"))
+        n_head_kv = int(key("attention.head_count_kv", n_head))
+        if n_head % n_head_kv:
+            raise ModelError(f"{n_head} attention heads are not a multiple of {n_head_kv} key/value heads")
+        head_dim = int(key("attention.key_length", n_embd // n_head))
+        value_dim = int(key("attention.value_length", head_dim))
+        n_rot = int(key("rope.dimension_count", head_dim))
+        scaling = str(key("rope.scaling.type", "none"))
+        factor = float(key("rope.scaling.factor", 1.0))
+        if scaling not in ("none", "linear") and factor != 1.0:
+            raise ModelError(f"RoPE scaling {scaling!r} is not supported (only linear)")
+        scale = 1.0 / math.sqrt(head_dim)
+        if arch == "gemma3" and n_layer == 62:  # llama.cpp: Gemma 3 27B scales by n_embd / n_head
+            scale = 1.0 / math.sqrt(n_embd / n_head)
+        window = int(key("attention.sliding_window", 0)) if facts.swa_pattern else 0
+        swa = tuple(bool(window) and (il + 1) % facts.swa_pattern != 0 for il in range(n_layer))
+        return cls(arch, n_layer, n_embd, n_head, n_head_kv, head_dim, value_dim, n_rot,
+                   float(key("attention.layer_norm_rms_epsilon", 1e-5)), float(key("rope.freq_base", 10000.0)),
+                   1.0 / factor if factor else 1.0, scale, window, swa,
+                   float(key("final_logit_softcapping", 0.0)), facts)
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * w over the last axis (the mean in float64, as ggml)."""
+    ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+    return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * w
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:  # the tanh approximation, ggml_gelu's
+    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+_ACTIVATIONS = {"gelu": _gelu, "silu": _silu}
+
+
+def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, neox: bool,
+         freq_factors: np.ndarray | None = None) -> np.ndarray:
+    """Rotary embedding of x (T, heads, d) at positions pos (T,), first n_rot dims of each head."""
+    half = n_rot // 2
+    inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+    if freq_factors is not None:  # llama 3's rope_freqs: theta_i / factor_i
+        inv = inv / freq_factors[:half]
+    theta = (pos.astype(np.float64) * scale)[:, None] * inv[None, :]
+    cos, sin = np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
+    out = x.copy()
+    if neox:
+        a, b = x[..., :half], x[..., half:n_rot]
+        out[..., :half], out[..., half:n_rot] = a * cos - b * sin, a * sin + b * cos
+    else:
+        a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = a * cos - b * sin, a * sin + b * cos
+    return out
+
+
+class Linear:
+    """y = x @ W.T: iq1q.matmul for an IQ1 weight, numpy float32 otherwise."""
+
+    def __init__(self, name: str, weight: QuantizedTensor | np.ndarray):
+        self.name = name
+        self.weight = weight
+        self.quantized = isinstance(weight, QuantizedTensor)
+        self.shape = tuple(weight.shape)
+
+    def __call__(self, x: np.ndarray, activation: str, threads: int | None, hook: Hook | None) -> np.ndarray:
+        if hook is not None:
+            hook(self.name, x)
+        if self.quantized:
+            if not np.isfinite(x).all():  # NaN from an earlier layer: propagate it, as ggml does
+                return np.full((x.shape[0], self.shape[0]), np.nan, np.float32)
+            # overflow="ignore": a perplexity run must show what the kernels do (the seed's NaNs)
+            return matmul(x, self.weight, activation=activation, threads=threads, overflow="ignore")
+        return x @ self.weight.T
+
+
+class _Layer:
+    def __init__(self, lin: dict[str, Linear], norms: dict[str, np.ndarray]):
+        self.lin, self.norms = lin, norms
+
+
+class Model:
+    """A causal decoder read from GGUF: forward(tokens) -> logits."""
+
+    def __init__(self, config: Config, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
+                 activation: str = "auto", threads: int | None = None):
+        self.config, self.activation, self.threads = config, activation, threads
+        self.metadata = metadata or {}
+        c = config
+
+        def get(name: str, optional: bool = False):
+            if name not in tensors:
+                if optional:
+                    return None
+                raise ModelError(f"the model has no tensor {name!r}")
+            return tensors[name]
+
+        def vec(name: str, n: int, optional: bool = False) -> np.ndarray | None:
+            v = get(name, optional)
+            if v is None:
+                return None
+            v = np.asarray(v, np.float32).reshape(-1)
+            if v.size != n:
+                raise ModelError(f"tensor {name!r} has {v.size} values, expected {n}")
+            return v
+
+        def linear(name: str, rows: int, cols: int) -> Linear:
+            w = get(name)
+            if isinstance(w, tuple):
+                raise ModelError(f"tensor {name!r} is 3-D (experts): mixture-of-experts models are not supported")
+            if not isinstance(w, QuantizedTensor):
+                w = np.ascontiguousarray(w, dtype=np.float32)
+            if tuple(w.shape) != (rows, cols):
+                raise ModelError(f"tensor {name!r} has shape {tuple(w.shape)}, expected {(rows, cols)}")
+            return Linear(name, w)
+
+        if "blk.0.ffn_gate_inp.weight" in tensors:
+            raise ModelError("mixture-of-experts models (ffn_gate_inp) are not supported")
+        emb = get("token_embd.weight")
+        self.embedding = np.ascontiguousarray(emb.dequantize() if isinstance(emb, QuantizedTensor) else emb,
+                                              dtype=np.float32)
+        if self.embedding.ndim != 2 or self.embedding.shape[1] != c.n_embd:
+            raise ModelError(f"token_embd.weight has shape {self.embedding.shape}, expected (n_vocab, {c.n_embd})")
+        self.n_vocab = self.embedding.shape[0]
+        self.output = (linear("output.weight", self.n_vocab, c.n_embd) if "output.weight" in tensors
+                       else Linear("token_embd.weight", self.embedding))  # tied
+        self.output_norm = vec("output_norm.weight", c.n_embd)
+        ff = get("rope_freqs.weight", optional=True)
+        self.rope_freqs = None if ff is None else np.asarray(ff, np.float64).reshape(-1)
+        q_out, kv_out, v_out = c.n_head * c.head_dim, c.n_head_kv * c.head_dim, c.n_head_kv * c.value_dim
+        self.layers = []
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            n_ff = get(p + "ffn_gate.weight").shape[0]
+            lin = {
+                "q": linear(p + "attn_q.weight", q_out, c.n_embd),
+                "k": linear(p + "attn_k.weight", kv_out, c.n_embd),
+                "v": linear(p + "attn_v.weight", v_out, c.n_embd),
+                "o": linear(p + "attn_output.weight", c.n_embd, c.n_head * c.value_dim),
+                "gate": linear(p + "ffn_gate.weight", n_ff, c.n_embd),
+                "up": linear(p + "ffn_up.weight", n_ff, c.n_embd),
+                "down": linear(p + "ffn_down.weight", c.n_embd, n_ff),
+            }
+            norms = {"attn": vec(p + "attn_norm.weight", c.n_embd), "ffn": vec(p + "ffn_norm.weight", c.n_embd)}
+            if c.facts.qk_norm:
+                norms["q"] = vec(p + "attn_q_norm.weight", c.head_dim)
+                norms["k"] = vec(p + "attn_k_norm.weight", c.head_dim)
+            if c.facts.post_norms:
+                norms["post_attn"] = vec(p + "post_attention_norm.weight", c.n_embd)
+                norms["post_ffn"] = vec(p + "post_ffw_norm.weight", c.n_embd)
+            self.layers.append(_Layer(lin, norms))
+
+    def linears(self) -> list[Linear]:
+        """Every linear layer in the order forward() calls them (the output head last)."""
+        return [lin for layer in self.layers for lin in layer.lin.values()] + [self.output]
+
+    def _tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"tokens must be a non-empty 1-D sequence of integers, got shape {ids.shape} {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= self.n_vocab:
+            raise ValueError(f"token ids must be in [0, {self.n_vocab}), got {ids.min()}..{ids.max()}")
+        return ids.astype(np.int64)
+
+    def hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None = None) -> np.ndarray:
+        """The final normed hidden states (T, n_embd) of tokens at positions 0..T-1."""
+        with np.errstate(invalid="ignore"):  # NaN (the seed's q8_1 kernel) runs through to the NLL
+            return self._hidden(tokens, hook)
+
+    def _hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None) -> np.ndarray:
+        c, act, th = self.config, self.activation, self.threads
+        ids = self._tokens(tokens)
+        T = ids.size
+        x = self.embedding[ids]
+        if c.facts.embed_scale:
+            x = x * np.float32(math.sqrt(c.n_embd))
+        pos = np.arange(T)
+        causal = np.triu(np.ones((T, T), bool), 1)  # True where a key is in the query's future
+        dist = pos[:, None] - pos[None, :]
+        swa_mask = causal | (dist >= c.sliding_window) if c.sliding_window else causal
+        mlp = _ACTIVATIONS[c.facts.activation]
+        group = c.n_head // c.n_head_kv
+        for il, layer in enumerate(self.layers):
+            L, N = layer.lin, layer.norms
+            sliding = c.swa_layers[il]
+            base = c.facts.rope_base_swa if sliding else c.rope_base
+            scale = 1.0 if sliding else c.rope_scale
+            h = rms_norm(x, N["attn"], c.eps)
+            q = L["q"](h, act, th, hook).reshape(T, c.n_head, c.head_dim)
+            k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
+            v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
+            if c.facts.qk_norm:
+                q, k = rms_norm(q, N["q"], c.eps), rms_norm(k, N["k"], c.eps)
+            q = rope(q, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
+            k = rope(k, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
+            # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts;
+            # one KV head at a time, so that the scores take group * T * T floats, not n_head * T * T
+            qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
+            mask = swa_mask if sliding else causal
+            o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
+            for j in range(c.n_head_kv):
+                s = qg[j] @ k[:, j].T  # (group, T, T)
+                s[:, mask] = -np.inf
+                s -= s.max(axis=-1, keepdims=True)
+                np.exp(s, out=s)
+                s /= s.sum(axis=-1, keepdims=True)
+                o[:, j] = (s @ v[:, j]).transpose(1, 0, 2)
+            o = o.reshape(T, c.n_head * c.value_dim)
+            o = L["o"](np.ascontiguousarray(o), act, th, hook)
+            if c.facts.post_norms:
+                o = rms_norm(o, N["post_attn"], c.eps)
+            x = x + o
+            h = rms_norm(x, N["ffn"], c.eps)
+            f = mlp(L["gate"](h, act, th, hook)) * L["up"](h, act, th, hook)
+            f = L["down"](f, act, th, hook)
+            if c.facts.post_norms:
+                f = rms_norm(f, N["post_ffn"], c.eps)
+            x = x + f
+        return rms_norm(x, self.output_norm, c.eps)
+
+    def logits(self, hidden: np.ndarray, hook: Hook | None = None) -> np.ndarray:
+        """The output head on final hidden states (rows, n_embd) -> (rows, n_vocab)."""
+        y = self.output(np.ascontiguousarray(hidden, dtype=np.float32), self.activation, self.threads, hook)
+        if self.config.final_softcap:
+            cap = np.float32(self.config.final_softcap)
+            y = np.tanh(y / cap) * cap
+        return y
+
+    def forward(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None = None) -> np.ndarray:
+        """Logits (T, n_vocab) float32 for every position of tokens (a causal pass from position 0)."""
+        return self.logits(self.hidden(tokens, hook), hook)
+
+
+def from_gguf(f, activation: str = "auto", threads: int | None = None) -> Model:
+    """A Model from an opened iq1q.gguf_io.GGUFFile."""
+    return Model(Config.from_metadata(f.metadata), f.tensors, f.metadata, activation, threads)
+
+
+def load(path: str | os.PathLike, activation: str = "auto", threads: int | None = None) -> Model:
+    """Read a GGUF model (llama or gemma3 architecture) for forward passes."""
+    from . import gguf_io
+
+    return from_gguf(gguf_io.read(path), activation, threads)

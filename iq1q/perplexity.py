@@ -1,0 +1,241 @@
+"""Perplexity of a GGUF model, float and per (weight, activation) pair: `iq1q perplexity`.
+
+Which tokens are scored (the token ids are those of iq1q.tokenizer, equal to llama.cpp's):
+
+* default: the text's tokens (no BOS) are cut into chunks of ctx - 1; each chunk is
+  evaluated with BOS prepended (ctx tokens, positions 0..ctx-1) and every token after the
+  first, i.e. all ctx - 1 text tokens, is scored from the logits of the position before it.
+  A text shorter than one chunk is one shorter chunk.
+* llama_compatible: as llama.cpp's llama-perplexity: the text's tokens with BOS in front are
+  cut into chunks of ctx, the first token of each chunk is replaced by BOS, and only the
+  second half is scored (the tokens at chunk positions ctx/2 + 1 .. ctx - 1, i.e.
+  ctx - 1 - ctx/2 per chunk). It needs at least 2 * ctx tokens, as llama-perplexity.
+
+Perplexity is exp(mean NLL) over all scored tokens, NLL in float64 from float32 logits.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import hazards
+from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
+from .model import Model, ModelError
+from .report import table
+
+EVAL_TEXT = "coriolanus.txt"  # iq1q/data/: the opening of Shakespeare's Coriolanus (public domain)
+HEAD_ROWS = 64  # output-head rows per slice: a 262144-token vocabulary is 1 MiB of logits per row
+
+
+def builtin_text() -> str:
+    return resources.files("iq1q").joinpath("data", EVAL_TEXT).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    tokens: np.ndarray  # evaluated at positions 0..len-1
+    first: int          # logits at positions first..len-2 score tokens[first+1..len-1]
+
+
+def chunks(text_ids: Sequence[int], ctx: int, bos: int | None, llama_compatible: bool = False,
+           max_chunks: int | None = None) -> list[Chunk]:
+    """The chunks to evaluate; text_ids are the text's tokens without BOS."""
+    if ctx < 2:
+        raise ValueError(f"ctx must be at least 2, got {ctx}")
+    if bos is None:
+        raise ModelError("the model has no tokenizer.ggml.bos_token_id; perplexity chunks start with BOS")
+    ids = np.asarray(text_ids, np.int64)
+    if llama_compatible:
+        ids = np.concatenate([[bos], ids])
+        if ids.size < 2 * ctx:
+            raise ValueError(f"--llama-compatible needs at least 2 * ctx = {2 * ctx} tokens, the text has {ids.size}")
+        n = ids.size // ctx
+        out = []
+        for i in range(n):
+            c = ids[i * ctx:(i + 1) * ctx].copy()
+            c[0] = bos
+            out.append(Chunk(c, ctx // 2))
+    else:
+        step = ctx - 1
+        if ids.size < 1:
+            raise ValueError("the text has no tokens")
+        n = max(1, ids.size // step)
+        out = [Chunk(np.concatenate([[bos], ids[i * step:(i + 1) * step]]), 0) for i in range(n)]
+    return out[:max_chunks] if max_chunks else out
+
+
+class Stats:
+    """A forward hook: fp16-overflowing activation blocks of the IQ1 layers (what the pair's
+    activation format would store) and the largest |activation| of any linear input."""
+
+    def __init__(self, quantized: set[str], activation: str | None):
+        self.quantized = quantized
+        self.fp16 = activation if activation in hazards.FP16_FORMATS else None
+        self.overflow_blocks = 0
+        self.max_abs, self.max_layer = 0.0, ""
+
+    def __call__(self, name: str, x: np.ndarray) -> None:
+        m = float(np.max(np.abs(x))) if x.size else 0.0
+        # a NaN is kept once seen, so that a NaN run names the layer where it began
+        if not math.isnan(self.max_abs) and (math.isnan(m) or m > self.max_abs):
+            self.max_abs, self.max_layer = m, name.removesuffix(".weight")
+        if self.fp16 and name in self.quantized and np.isfinite(x).all():
+            self.overflow_blocks += hazards.scan(np.ascontiguousarray(x, np.float32), self.fp16).overflow_blocks
+
+
+def _nll(model: Model, hidden: np.ndarray, targets: np.ndarray, hook) -> np.ndarray:
+    """-log softmax(logits)[target] per row, the head computed HEAD_ROWS rows at a time."""
+    out = np.empty(len(targets), np.float64)
+    for a in range(0, len(targets), HEAD_ROWS):
+        z = model.logits(hidden[a:a + HEAD_ROWS], hook)
+        zmax = z.max(axis=1, keepdims=True)
+        # exp in float32 (all terms <= 1, half the time of float64), summed in float64
+        lse = np.log(np.exp(z - zmax).sum(axis=1, dtype=np.float64)) + zmax[:, 0]
+        out[a:a + HEAD_ROWS] = lse - z[np.arange(len(z)), targets[a:a + HEAD_ROWS]].astype(np.float64)
+    return out
+
+
+@dataclass
+class Run:
+    weights: str              # "float" or a weight format
+    activations: str | None   # None for float
+    imatrix: bool             # quantized here with an imatrix (False for the float and file runs)
+    from_file: bool = False   # the weights were IQ1 in the model file, used as they are
+    ppl: float = math.nan
+    overflow_blocks: int = 0
+    max_activation: float = 0.0
+    max_activation_layer: str = ""
+    tokens_per_second: float = 0.0
+    seconds: float = 0.0
+    tokens: list[int] = field(default_factory=list)
+    nll: list[float] = field(default_factory=list)
+
+    def json(self) -> dict:
+        return {"weights": self.weights, "activations": self.activations, "imatrix": self.imatrix,
+                "from_file": self.from_file,
+                "ppl": self.ppl, "overflow_blocks": self.overflow_blocks,
+                "max_activation": self.max_activation, "max_activation_layer": self.max_activation_layer,
+                "tokens_per_second": self.tokens_per_second, "seconds": self.seconds,
+                "tokens": self.tokens, "nll": self.nll}
+
+
+def evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | None = None) -> Run:
+    """Fill run (ppl, NLLs, statistics) by evaluating every chunk with model."""
+    from tqdm import tqdm
+
+    for lin in model.linears():  # before any work: a row length the pair cannot take
+        if lin.quantized and run.activations:
+            block = max(format_info(lin.weight.format).block_size, format_info(run.activations).block_size)
+            if lin.shape[1] % block:
+                raise ValueError(f"{lin.name} ({lin.weight.format}, rows of {lin.shape[1]}) cannot take "
+                                 f"{run.activations} activations: {lin.shape[1]} is not a multiple of {block}")
+    stats = Stats({l.name for l in model.linears() if l.quantized}, run.activations)
+    nll, toks, n_eval = [], [], 0
+    t0 = time.perf_counter()
+    label = f"{run.weights} x {run.activations}" if run.activations else run.weights
+    bar = tqdm(parts, desc=f"{label}{' +imatrix' if run.imatrix else ''}", unit="chunk", leave=False,
+               disable=not (sys.stderr.isatty() if progress is None else progress), file=sys.stderr)
+    for c in bar:
+        h = model.hidden(c.tokens, stats)
+        nll.append(_nll(model, h[c.first:-1], c.tokens[c.first + 1:], stats))
+        toks.extend(c.tokens.tolist())
+        n_eval += len(c.tokens)
+    run.seconds = time.perf_counter() - t0
+    all_nll = np.concatenate(nll)
+    run.ppl = float(np.exp(all_nll.mean()))
+    run.nll, run.tokens = all_nll.tolist(), toks
+    run.overflow_blocks = stats.overflow_blocks
+    run.max_activation, run.max_activation_layer = stats.max_abs, stats.max_layer
+    run.tokens_per_second = n_eval / run.seconds if run.seconds else 0.0
+    return run
+
+
+def file_formats(f) -> list[str]:
+    """The IQ1 formats of a GGUF file's tensors, most frequent first."""
+    from .gguf_io import IQ1_TYPES
+
+    counts: dict[str, int] = {}
+    for r in f.raw.values():
+        if r.ggml_type in IQ1_TYPES:
+            name = IQ1_TYPES[r.ggml_type].name
+            counts[name] = counts.get(name, 0) + 1
+    return sorted(counts, key=lambda k: -counts[k])
+
+
+def perplexity(model_path: str | os.PathLike, text: str | None = None, ctx: int = 512,
+               weights: Sequence[str] = (), activations: Sequence[str] = ("q8_k128",),
+               imatrix: str | os.PathLike | None = None, both_imatrix: bool = False,
+               llama_compatible: bool = False, max_chunks: int | None = None, threads: int | None = None,
+               progress: bool | None = None) -> dict:
+    """The perplexity table as a dict (the --json shape); see the module docstring."""
+    from . import gguf_io
+    from .model import from_gguf
+    from .model_quantize import quantize_model
+    from .tokenizer import Tokenizer
+
+    for w in weights:
+        if w not in WEIGHT_FORMATS:
+            raise ValueError(f"--weights must be among {', '.join(WEIGHT_FORMATS)}, got {w!r}")
+    for a in activations:
+        if a not in ACTIVATION_FORMATS:
+            raise ValueError(f"--activations must be among {', '.join(ACTIVATION_FORMATS)}, got {a!r}")
+    if both_imatrix and imatrix is None:
+        raise ValueError("--both-imatrix needs --imatrix")
+    src = gguf_io.read(model_path)
+    tok = Tokenizer(src.metadata)
+    text = builtin_text() if text is None else text
+    parts = chunks(tok.encode(text, add_bos=False), ctx, tok.bos_id, llama_compatible, max_chunks)
+    runs: list[Run] = []
+    in_file = file_formats(src)
+    if in_file:  # an already-quantized model runs as it is, with each activation format
+        if weights or imatrix is not None:
+            raise ValueError(f"{model_path} is already quantized ({', '.join(in_file)}); --weights and "
+                             "--imatrix apply to models with float or non-IQ1 weights")
+        model = from_gguf(src, threads=threads)
+        for a in activations:
+            model.activation = a
+            runs.append(evaluate(model, Run(in_file[0], a, False, from_file=True), parts, progress))
+    else:
+        runs.append(evaluate(from_gguf(src, threads=threads), Run("float", None, False), parts, progress))
+        variants = ([None, imatrix] if both_imatrix else [imatrix])
+        with tempfile.TemporaryDirectory(prefix="iq1q-ppl-") as tmp:
+            for w in weights:
+                for im in variants:
+                    out = Path(tmp) / f"{w}.gguf"
+                    quantize_model(model_path, out, w, imatrix=im, threads=threads, progress=False,
+                                   errors=False, warn=lambda m: None)
+                    model = from_gguf(gguf_io.read(out), threads=threads)
+                    for a in activations:
+                        model.activation = a
+                        runs.append(evaluate(model, Run(w, a, im is not None), parts, progress))
+                    del model
+                    out.unlink()
+    scored = sum(len(c.tokens) - 1 - c.first for c in parts)
+    return {"model": str(model_path), "ctx": ctx, "chunks": len(parts), "scored_tokens": scored,
+            "llama_compatible": llama_compatible, "runs": [r.json() for r in runs]}
+
+
+def format_table(result: dict) -> str:
+    base = next((r["ppl"] for r in result["runs"] if r["weights"] == "float"), None)
+    rows = []
+    for r in result["runs"]:
+        # the ratio, not a percentage: an IQ1 model without an imatrix can be 10^8 times worse
+        ratio = f"{r['ppl'] / base:.4g}" if base and r["weights"] != "float" else ""
+        rows.append([r["weights"], r["activations"] or "-",
+                     "(file)" if r.get("from_file") else "yes" if r["imatrix"] else "no",
+                     f"{r['ppl']:.6g}", ratio, r["overflow_blocks"],
+                     f"{r['max_activation']:.4g} ({r['max_activation_layer']})", f"{r['tokens_per_second']:.0f}"])
+    head = (f"{result['model']}: {result['chunks']} chunks of {result['ctx']} tokens, "
+            f"{result['scored_tokens']} scored{' (llama-perplexity scoring)' if result['llama_compatible'] else ''}")
+    return head + "\n" + table(["weights", "activations", "imatrix", "PPL", "PPL / float", "fp16 overflow blocks",
+                                "max |x| (layer)", "tokens/s"], rows)

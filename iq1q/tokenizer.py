@@ -1,0 +1,138 @@
+"""Tokenizers built from a GGUF file's own vocabulary (`tokenizer.ggml.*`).
+
+`tokenizer.ggml.model == "llama"` is SentencePiece BPE (Llama 1/2, Gemma): llama.cpp's
+`llm_tokenizer_spm` merges the highest-scoring adjacent pair whose concatenation is in the
+vocabulary, with byte fallback, after turning spaces into U+2581. That is the algorithm of
+the `sentencepiece` library's BPE model, so the tokenizer here is a SentencePiece model
+assembled from the GGUF's tokens, scores and token types (the extra `iq1q[tokenizer]`);
+nothing of the algorithm is reimplemented. Other tokenizer models (e.g. "gpt2" BPE) are not
+supported yet and raise TokenizerError naming the model.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+class TokenizerError(ValueError):
+    """The GGUF's vocabulary cannot be turned into a tokenizer here."""
+
+
+# llama.cpp's llama_token_type and SentencePiece's ModelProto.SentencePiece.Type share numbers
+UNKNOWN, CONTROL, USER_DEFINED, BYTE = 2, 3, 4, 6
+
+# llama.cpp (llama-vocab.cpp) makes these end-of-generation texts CONTROL whatever the file
+# says, so it never splits them out of the text as user-defined tokens; here such a token
+# becomes an ordinary piece, which the merges may still form, as in llama.cpp
+EOG_TEXTS = frozenset([
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+])
+NORMAL, SPACE = 1, "\u2581"
+
+# ModelProto field numbers (sentencepiece_model.proto)
+_PIECES, _TRAINER, _NORMALIZER = 1, 2, 3
+_TRAINER_MODEL_TYPE, _TRAINER_BYTE_FALLBACK, _BPE = 3, 35, 2
+_NORM_NAME, _NORM_DUMMY_PREFIX, _NORM_REMOVE_SPACES, _NORM_ESCAPE_SPACES = 1, 3, 4, 5
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes) -> bytes:  # length-delimited (wire type 2)
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _flag(num: int, value: int) -> bytes:  # varint (wire type 0)
+    return _varint(num << 3) + _varint(value)
+
+
+def _model_proto(tokens: list[str], scores: np.ndarray, types: np.ndarray, add_space_prefix: bool) -> bytes:
+    # Serialized by hand (a dozen lines) so that the protobuf package is not a dependency.
+    parts = []
+    for tok, score, ty in zip(tokens, scores.tolist(), types.tolist()):
+        if ty == USER_DEFINED:
+            if tok in EOG_TEXTS:
+                ty = NORMAL
+            else:  # llama.cpp matches them in the raw text, sentencepiece after escaping spaces
+                tok = tok.replace(" ", SPACE)
+        piece = _field(1, tok.encode("utf-8")) + b"\x15" + struct.pack("<f", score) + _flag(3, ty)
+        parts.append(_field(_PIECES, piece))
+    trainer = _flag(_TRAINER_MODEL_TYPE, _BPE) + _flag(_TRAINER_BYTE_FALLBACK, 1)
+    # llama.cpp neither normalizes nor collapses spaces; proto2 defaults for these are true
+    normalizer = (_field(_NORM_NAME, b"identity") + _flag(_NORM_DUMMY_PREFIX, int(add_space_prefix))
+                  + _flag(_NORM_REMOVE_SPACES, 0) + _flag(_NORM_ESCAPE_SPACES, 1))
+    return b"".join(parts) + _field(_TRAINER, trainer) + _field(_NORMALIZER, normalizer)
+
+
+def _require(metadata: Mapping[str, Any], key: str) -> Any:
+    if key not in metadata:
+        raise TokenizerError(f"GGUF metadata has no {key!r}: cannot build its tokenizer")
+    return metadata[key]
+
+
+class Tokenizer:
+    """Text -> token ids as llama.cpp's llama_tokenize(add_special=True, parse_special=False)."""
+
+    def __init__(self, metadata: Mapping[str, Any]):
+        model = str(_require(metadata, "tokenizer.ggml.model"))
+        if model != "llama":
+            raise TokenizerError(f"tokenizer model {model!r} is not supported (only 'llama', i.e. SentencePiece BPE)")
+        try:
+            import sentencepiece
+        except ImportError as e:
+            raise ImportError(f"{e}: the tokenizer needs: pip install 'iq1q[tokenizer]'") from None
+        tokens = list(_require(metadata, "tokenizer.ggml.tokens"))
+        n = len(tokens)
+        scores = np.asarray(metadata.get("tokenizer.ggml.scores", np.zeros(n)), np.float32)
+        types = np.asarray(metadata.get("tokenizer.ggml.token_type", np.ones(n)), np.int64).copy()
+        if scores.size != n or types.size != n:
+            raise TokenizerError(f"tokenizer.ggml.scores/token_type hold {scores.size}/{types.size} "
+                                 f"values for {n} tokens")
+        unk = metadata.get("tokenizer.ggml.unknown_token_id")
+        if unk is not None and (types == UNKNOWN).sum() == 0:
+            types[int(unk)] = UNKNOWN  # SentencePiece needs one; llama.cpp files may mark it CONTROL
+        if (types == UNKNOWN).sum() != 1:
+            raise TokenizerError("the vocabulary needs exactly one unknown token "
+                                 "(tokenizer.ggml.unknown_token_id or a token of type 2)")
+        self.vocab_size = n
+        self.bos_id = int(metadata["tokenizer.ggml.bos_token_id"]) if "tokenizer.ggml.bos_token_id" in metadata else None
+        self.eos_id = int(metadata["tokenizer.ggml.eos_token_id"]) if "tokenizer.ggml.eos_token_id" in metadata else None
+        # llama.cpp's default for SPM vocabularies is to add BOS and a space prefix
+        self.add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", True)) and self.bos_id is not None
+        add_space_prefix = bool(metadata.get("tokenizer.ggml.add_space_prefix", True))
+        self._sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(_model_proto(tokens, scores, types, add_space_prefix))
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"sentencepiece rejected the GGUF vocabulary: {e}") from None
+        if self._sp.GetPieceSize() != n:
+            raise TokenizerError(f"sentencepiece kept {self._sp.GetPieceSize()} of {n} tokens (duplicates?)")
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of text, BOS first when the model asks for it (or add_bos says so)."""
+        ids = self._sp.EncodeAsIds(text) if text else []
+        if self.add_bos if add_bos is None else add_bos:
+            if self.bos_id is None:
+                raise TokenizerError("the model has no tokenizer.ggml.bos_token_id")
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._sp.DecodeIds([int(i) for i in ids])
+
+
+def from_gguf(metadata: Mapping[str, Any]) -> Tokenizer:
+    return Tokenizer(metadata)
