@@ -140,10 +140,10 @@ def perplexity_cmd(args: argparse.Namespace) -> int:
     from .perplexity import format_table, perplexity
 
     text, _ = _read_text(args.text)
-    result = _needs_extras(perplexity,args.model, text, ctx=args.ctx, weights=args.weights, activations=args.activations,
-                        imatrix=args.imatrix, both_imatrix=args.both_imatrix,
-                        llama_compatible=args.llama_compatible, max_chunks=args.chunks,
-                        threads=args.threads, progress=args.progress)
+    result = _needs_extras(perplexity, args.model, text, ctx=args.ctx, weights=args.weights,
+                           activations=args.activations, imatrix=args.imatrix, both_imatrix=args.both_imatrix,
+                           llama_compatible=args.llama_compatible, max_chunks=args.chunks,
+                           threads=args.threads, progress=args.progress)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as fh:
@@ -160,8 +160,8 @@ def imatrix_cmd(args: argparse.Namespace) -> int:
         from .perplexity import builtin_text
         text = builtin_text()
     t0 = time.perf_counter()
-    col, n = _needs_extras(imatrix.compute, args.model, text, ctx=args.ctx, max_chunks=args.chunks, threads=args.threads,
-                             progress=args.progress)
+    col, n = _needs_extras(imatrix.compute, args.model, text, ctx=args.ctx, max_chunks=args.chunks,
+                           threads=args.threads, progress=args.progress)
     if str(args.output).endswith(".dat"):
         imatrix.write_legacy(args.output, col, name, n)
     else:

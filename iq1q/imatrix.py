@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,8 +212,6 @@ def write_legacy(path: str | os.PathLike, collector: Collector, dataset: str, ch
     """llama-imatrix's legacy .dat (what ik_llama.cpp's tools read): values = mean x^2 * ncall
     with ncall = the row count here (readers divide by ncall, whatever it counts; llama-imatrix
     counts calls); then the chunk count and the dataset's name."""
-    import struct
-
     with open(path, "wb") as f:
         f.write(struct.pack("<i", len(collector.sums)))
         for name in sorted(collector.sums):
