@@ -39,6 +39,18 @@ def _vocab(w) -> None:
     w.add_unk_token_id(0)
 
 
+def _writer(path: Path, arch: str, n_layer: int, n_ff: int, n_head: int, n_kv: int):
+    """A GGUFWriter with the hyper-parameters both architectures share."""
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(256)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    return w
+
+
 def _finish(w, shapes: dict[str, tuple[int, ...]], scale: float) -> dict[str, np.ndarray]:
     out = {}
     for i, (name, shape) in enumerate(shapes.items()):
@@ -55,13 +67,7 @@ def _finish(w, shapes: dict[str, tuple[int, ...]], scale: float) -> dict[str, np
 def tiny_llama(path: Path, n_layer: int = 2) -> dict[str, np.ndarray]:
     """llama: 4 heads of 32, 2 KV heads (GQA), SiLU MLP of 256, separate output, RoPE base 500."""
     n_head, n_kv, head, n_ff = 4, 2, 32, 256
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_context_length(256)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
+    w = _writer(path, "llama", n_layer, n_ff, n_head, n_kv)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(head)
     w.add_rope_freq_base(500.0)
@@ -84,13 +90,7 @@ def tiny_gemma3(path: Path, n_layer: int = 6) -> dict[str, np.ndarray]:
     q/k and post norms, tied output, sliding window 5 (shorter than TOKENS, so that the
     five sliding layers and the global sixth differ), RoPE bases 10000 (local) / 1e6."""
     n_head, n_kv, head, n_ff = 2, 1, 64, 256
-    w = gguf.GGUFWriter(str(path), "gemma3")
-    w.add_context_length(256)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(n_layer)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
+    w = _writer(path, "gemma3", n_layer, n_ff, n_head, n_kv)
     w.add_key_length(head)
     w.add_value_length(head)
     w.add_layer_norm_rms_eps(1e-6)
