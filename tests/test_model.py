@@ -1,5 +1,5 @@
 """iq1q.model's forward pass against ik_llama.cpp's logits on tiny llama and gemma3 models
-(tests/vectors/tiny_*_ik_logits.npz, see tests/vectors/README.md), and its errors."""
+(tests/vectors/tiny_*_ik_logits.npz, see tests/vectors/MODEL_FIXTURES.md), and its errors."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tiny llama and gemma3 GGUF models for the forward-pass tests, written with the gguf
 package from platform-exact weights (gguf_models.stable_weights), so that the logits
 ik_llama.cpp computed for them once (tests/vectors/tiny_*_ik_logits.npz, see
-tests/vectors/README.md) apply to the files every run rebuilds."""
+tests/vectors/MODEL_FIXTURES.md) apply to the files every run rebuilds."""
 
 from __future__ import annotations
 
