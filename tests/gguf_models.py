@@ -83,16 +83,20 @@ def tiny_llama(path: Path, *, n_embd: int = 128, n_head: int = 4, n_head_kv: int
     w.add_token_list([f"<t{i}>" for i in range(n_vocab)])
     w.add_token_scores([0.0] * n_vocab)
     w.add_token_types([1] * n_vocab)
-    out = {}
-    for i, (name, shape) in enumerate(shapes.items()):
-        x = np.ones(shape, np.float32) if name.endswith("norm.weight") else weights(shape, i)
-        add(w, name, x, qtype if len(shape) >= 2 else T.F32)
-        out[name] = x
+    out = {name: np.ones(shape, np.float32) if name.endswith("norm.weight") else weights(shape, i)
+           for i, (name, shape) in enumerate(shapes.items())}
+    finish(w, {name: (x, qtype if x.ndim >= 2 else T.F32) for name, x in out.items()})
+    return out
+
+
+def finish(w, tensors: dict[str, tuple[np.ndarray, T]]) -> None:
+    """Add the tensors (array, stored type) in order, then write and close the file."""
+    for name, (x, qtype) in tensors.items():
+        add(w, name, x, qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return out
 
 
 def write_legacy_imatrix(path: Path, entries: dict[str, tuple[int, np.ndarray]], chunks: int = 1,

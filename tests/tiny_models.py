@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gguf_models import T, add, gguf, stable_weights
+from gguf_models import T, finish, gguf, stable_weights
 
 N_VOCAB = 300
 N_EMBD = 128
@@ -52,15 +52,9 @@ def _writer(path: Path, arch: str, n_layer: int, n_ff: int, n_head: int, n_kv: i
 
 
 def _finish(w, shapes: dict[str, tuple[int, ...]], scale: float) -> dict[str, np.ndarray]:
-    out = {}
-    for i, (name, shape) in enumerate(shapes.items()):
-        x = _norm(shape, 1000 + i) if "norm" in name else (stable_weights(shape, i) * scale).astype(np.float32)
-        add(w, name, x, T.F32)
-        out[name] = x
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    out = {name: _norm(shape, 1000 + i) if "norm" in name else (stable_weights(shape, i) * scale).astype(np.float32)
+           for i, (name, shape) in enumerate(shapes.items())}
+    finish(w, {name: (x, T.F32) for name, x in out.items()})
     return out
 
 
