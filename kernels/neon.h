@@ -58,6 +58,7 @@ typedef struct {
 
 #define IQ1Q_SIMD_NM 4
 #define IQ1Q_SIMD_GROUP_SUMS 0
+#define IQ1Q_SIMD_BIASED 0 /* sdot takes signed operands on both sides */
 #include "simd_gemm.h"
 
 /* int32 lanes, all ones where s = -1 for rows 4j..4j+3, group i of half h */

@@ -5,7 +5,8 @@
  *
  * The including header defines, before including this one,
  *   IQ1Q_SIMD_NM          activation rows per pass (a macro: the ISA code instantiates per count)
- *   IQ1Q_SIMD_GROUP_SUMS  1 when its kernel needs the sums of the quants over groups of 8
+ *   IQ1Q_SIMD_GROUP_SUMS  1 when its fused kernel needs the sums of the quants over groups of 8
+ *   IQ1Q_SIMD_BIASED      1 when its expanded kernel reads the quants + 128 as unsigned bytes
  *   iq1q_simd_half        the operands of one half chunk (16 columns of a tile's 8 rows)
  * and, after it, the two functions declared below.
  *
@@ -13,7 +14,8 @@
  * activation rows go in blocks of IQ1Q_SIMD_MC. With at most IQ1Q_SIMD_NM of
  * them the kernel makes each operand where it is used (the GEMV path); with
  * more, a chunk of up to IQ1Q_SIMD_KCH * 32 columns is expanded once into an
- * L1-sized scratch and every activation row runs over it (the GEMM path).
+ * L1-sized scratch and every activation row runs over it (the GEMM path). The
+ * path is chosen once per call, by M, so a call prepares only what its path reads.
  * Results do not depend on the thread count or on the path: every output is
  * the same exact integer per activation block and the same float steps.
  */
@@ -51,7 +53,8 @@ typedef struct {
     const uint8_t *a;
     size_t arow;     /* bytes per activation row */
     int64_t K, nblk; /* nblk: blocks per row */
-    int16_t *b8;     /* [M][K/8] sums of the quants over groups of 8 (IQ1Q_SIMD_GROUP_SUMS) */
+    int16_t *b8;     /* [M][K/8] sums of the quants over groups of 8, or NULL */
+    uint8_t *qb;     /* [M][K] the quants + 128 (as q ^ 0x80), or NULL */
     float *da;       /* [M][nblk] block scales */
     float *s;        /* [M][nblk] q8_1's stored s, for the historical kernel only */
 } iq1q_simd_acts;
@@ -69,8 +72,12 @@ static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
             memcpy(&s, blk + A->f.asoff, 2);
             A->s[m * A->nblk + i] = iq1q_fp16_to_fp32(s);
         }
-        if (!IQ1Q_SIMD_GROUP_SUMS) continue;
         const int8_t *q = (const int8_t *)(blk + A->f.aqoff);
+        if (A->qb) {
+            uint8_t *qb = A->qb + m * A->K + i * A->f.ablk;
+            for (int j = 0; j < A->f.ablk; ++j) qb[j] = (uint8_t)q[j] ^ 0x80u;
+        }
+        if (!A->b8) continue;
         int16_t *b8 = A->b8 + m * (A->K / 8) + i * (A->f.ablk / 8);
         for (int g = 0; g < A->f.ablk / 8; ++g) {
             int sum = 0;
@@ -130,6 +137,7 @@ typedef struct {
     const uint8_t *packed;
     iq1q_tile_layout L;
     int64_t N, M, ntiles, tiles_per_task;
+    int fused; /* the path, by M: operands made where they are used, or expanded */
     float *y; /* (M, N) row-major */
     iq1q_simd_acts A;
 } iq1q_simd_job;
@@ -147,7 +155,7 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
         for (int64_t m0 = 0; m0 < J->M; m0 += IQ1Q_SIMD_MC) {
             const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
             memset(fbuf, 0, sizeof(float) * IQ1Q_TILE_ROWS * (size_t)mc);
-            if (mc <= IQ1Q_SIMD_NM) { /* one pass: make each operand where it is used */
+            if (J->fused) { /* one pass: make each operand where it is used */
                 iq1q_simd_rows_n((int)mc, ops, tile, &J->L, A, m0, 0, J->L.nchunks, fbuf, hist, 1);
             } else { /* expand a chunk of columns once, then run every row over it */
                 for (int64_t c0 = 0; c0 < J->L.nchunks; c0 += IQ1Q_SIMD_KCH) {
@@ -198,6 +206,7 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     J.L = iq1q_tile_layout_for(K);
     J.N = N;
     J.M = M;
+    J.fused = M <= IQ1Q_SIMD_NM;
     J.y = y;
     J.ntiles = iq1q_tile_count(N);
     iq1q_simd_acts *A = &J.A;
@@ -206,13 +215,18 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     A->arow = A->f.atype * (size_t)(K / A->f.ablk);
     A->K = K;
     A->nblk = K / A->f.ablk;
-    const size_t nb8 = IQ1Q_SIMD_GROUP_SUMS ? (size_t)M * (size_t)(K / 8) : 0;
+    /* what the path reads besides the quants and scales: the group sums, or (expanded,
+     * where the ISA wants them) the biased quants; the historical kernel reads neither */
+    const int biased = IQ1Q_SIMD_BIASED && !hist && !J.fused;
+    const size_t nb8 = IQ1Q_SIMD_GROUP_SUMS && !hist && !biased ? (size_t)M * (size_t)(K / 8) : 0;
+    const size_t nqb = biased ? (size_t)M * (size_t)K : 0;
     const size_t nda = (size_t)M * (size_t)A->nblk;
-    char *scratch = malloc(nb8 * sizeof(int16_t) + (hist ? 2 : 1) * nda * sizeof(float) + 64);
+    char *scratch = malloc((hist ? 2 : 1) * nda * sizeof(float) + nb8 * sizeof(int16_t) + nqb + 64);
     if (!scratch) return -1;
     A->da = (float *)scratch;
     A->s = hist ? A->da + nda : NULL;
-    A->b8 = (int16_t *)(A->da + (hist ? 2 : 1) * nda);
+    A->b8 = nb8 ? (int16_t *)(A->da + (hist ? 2 : 1) * nda) : NULL;
+    A->qb = nqb ? (uint8_t *)(A->da + (hist ? 2 : 1) * nda) : NULL;
     iq1q_simd_prep_job P = {A, 0, M};
     const int64_t ptasks = iq1q_simd_tasks(M, nthreads, 16);
     P.rows_per_task = (M + ptasks - 1) / ptasks;

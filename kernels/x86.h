@@ -22,8 +22,11 @@
  * Structure (the driver is simd_gemm.h): one 32-bit lane per weight row of a
  * tile, so each activation quad is one broadcast and no horizontal sums are
  * needed. Up to 8 (VNNI) or 4 activation rows run together, over operands made
- * in registers (the GEMV path) or expanded once with ls folded into the bytes
- * (the GEMM path). Each tile prefetches the bytes of the tile after next.
+ * in registers (the GEMV path) or expanded once (the GEMM path): with VNNI with
+ * 8*ls folded into the bytes; on AVX2 as signed bytes 8u - 8 + s against the
+ * quants biased to unsigned, which saves each activation row the correction's
+ * multiply and a register (iq1q_x86_biased_operands). Each tile prefetches the
+ * bytes of the tile after next.
  */
 #ifndef IQ1Q_X86_H
 #define IQ1Q_X86_H
@@ -70,7 +73,24 @@ typedef struct {
 
 #define IQ1Q_SIMD_NM IQ1Q_X86_NM
 #define IQ1Q_SIMD_GROUP_SUMS 1 /* the correction sum_g ls_g (s_g - 8) B_g */
+#define IQ1Q_SIMD_BIASED (!IQ1Q_X86_VNNI) /* AVX2's expanded path: see iq1q_x86_biased_operands */
 #include "simd_gemm.h"
+
+/* The bytes of chunk c of the tile after next, to arrive in time (a prefetch past the end
+ * never faults). */
+IQ1Q_X86_INLINE void iq1q_x86_prefetch(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c) {
+    _mm_prefetch((const char *)(tile + 2 * L->bytes + c * IQ1Q_TILE_CODES), _MM_HINT_T0);
+    if (c % 8 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->ls + c * IQ1Q_TILE_LS), _MM_HINT_T0);
+    if (c % 16 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->sneg + c * IQ1Q_TILE_SNEG), _MM_HINT_T0);
+}
+
+/* int16 ls of row r, half h of chunk c, in lanes 2r and 2r + 1 */
+IQ1Q_X86_INLINE __m256i iq1q_x86_ls16(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h) {
+    const __m256i nib =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(tile + L->ls + c * IQ1Q_TILE_LS)));
+    const __m256i ls32 = h ? _mm256_srli_epi32(nib, 4) : _mm256_and_si256(nib, _mm256_set1_epi32(15));
+    return _mm256_or_si256(ls32, _mm256_slli_epi32(ls32, 16));
+}
 
 IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
                                        int h, iq1q_simd_half *o, const int FOLD) {
@@ -78,15 +98,8 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
     const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
                                           8192, 16384, (short)32768);
     const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-    if (h == 0) { /* the tile after next, to arrive in time; a prefetch past the end never faults */
-        _mm_prefetch((const char *)(tile + 2 * L->bytes + c * IQ1Q_TILE_CODES), _MM_HINT_T0);
-        if (c % 8 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->ls + c * IQ1Q_TILE_LS), _MM_HINT_T0);
-        if (c % 16 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->sneg + c * IQ1Q_TILE_SNEG), _MM_HINT_T0);
-    }
-    const __m256i nib =
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(tile + L->ls + c * IQ1Q_TILE_LS)));
-    const __m256i ls32 = h ? _mm256_srli_epi32(nib, 4) : _mm256_and_si256(nib, _mm256_set1_epi32(15));
-    const __m256i ls16 = _mm256_or_si256(ls32, _mm256_slli_epi32(ls32, 16));
+    if (h == 0) iq1q_x86_prefetch(tile, L, c);
+    const __m256i ls16 = iq1q_x86_ls16(tile, L, c, h);
     const __m256i ls8 = _mm256_slli_epi16(ls16, 3);
     /* folding costs a multiply per operand, paid once for many activation rows; without it
      * vpmaddwd applies ls per row, and the row's operands need one more register */
@@ -102,6 +115,39 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
     const __m256i neg = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)sb), bit), bit);
     o->c = _mm256_mullo_epi16(ls16, _mm256_add_epi16(_mm256_set1_epi16(-7),
                                                      _mm256_and_si256(neg, _mm256_set1_epi16(-2))));
+}
+
+/* AVX2's expanded operands, for many activation rows: signed bytes w' = 8u - 8 + s (-9..9)
+ * against the quants biased to q + 128 (unsigned, A->qb), so that no activation row pays
+ * the per-group correction: sum ls w' (q + 128) - 128 sum ls w' = sum ls w' q, the same
+ * exact integer I as the fused path's, so the results are bitwise the same.
+ * t[p]: w' of columns 16h + 4p .. +3, row r in lane r; ls: int16 ls of row r in lanes 2r,
+ * 2r + 1 (not folded: ls w' may exceed a byte); c: -128 * sum over the half of ls w' per row,
+ * int32 in lane r (the bias, which depends on the weights alone). */
+IQ1Q_X86_INLINE void iq1q_x86_biased_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
+                                              int h, iq1q_simd_half *o) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
+    if (h == 0) iq1q_x86_prefetch(tile, L, c);
+    o->ls = iq1q_x86_ls16(tile, L, c, h);
+    uint16_t sb;
+    memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
+    /* per row lane r: -7, or -9 where s = -1 (bit 2r + i: group i = columns 8i..8i+7) */
+    const __m256i bit = _mm256_setr_epi32(1, 4, 16, 64, 256, 1024, 4096, 16384);
+    const __m256i sbv = _mm256_set1_epi32(sb);
+    __m256i k[2];
+    for (int i = 0; i < 2; ++i) {
+        const __m256i b = _mm256_slli_epi32(bit, i);
+        const __m256i neg = _mm256_cmpeq_epi32(_mm256_and_si256(sbv, b), b);
+        k[i] = _mm256_add_epi8(_mm256_set1_epi8(-7), _mm256_and_si256(neg, _mm256_set1_epi8(-2)));
+    }
+    __m256i sum = _mm256_setzero_si256();
+    for (int p = 0; p < 4; ++p) {
+        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * p), _mm256_set1_epi8(3));
+        /* u <= 2, so u << 3 stays inside its byte */
+        o->t[p] = _mm256_add_epi8(_mm256_slli_epi16(u, 3), k[p / 2]);
+        sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(_mm256_set1_epi8(1), o->t[p]));
+    }
+    o->c = _mm256_madd_epi16(sum, _mm256_mullo_epi16(o->ls, _mm256_set1_epi16(-128)));
 }
 
 /* ---- the integer steps ------------------------------------------------------ */
@@ -134,6 +180,19 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_half_dot(__m256i acc, const __m256i t0, const _
 #endif
 }
 
+/* acc (8 rows' int32 lanes) += sum over the half of ls w' (q + 128), with the biased operands;
+ * qb: the half's 16 biased activation bytes. maddubs pairs are <= 2 * 255 * 9, their sum
+ * over the half <= 18360: int16 is exact. */
+IQ1Q_X86_INLINE __m256i iq1q_x86_biased_dot(__m256i acc, const __m256i t0, const __m256i t1,
+                                            const __m256i t2, const __m256i t3, const __m256i ls,
+                                            const uint8_t *qb) {
+    __m256i s = _mm256_maddubs_epi16(iq1q_x86_bcast32(qb), t0);
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(iq1q_x86_bcast32(qb + 4), t1));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(iq1q_x86_bcast32(qb + 8), t2));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(iq1q_x86_bcast32(qb + 12), t3));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(s, ls));
+}
+
 /* acc += sum over the half's two groups of ls (s - 8) B; b: the two int16 group sums */
 IQ1Q_X86_INLINE __m256i iq1q_x86_half_corr(__m256i acc, const __m256i c, const int16_t *b) {
 #if IQ1Q_X86_VNNI
@@ -150,16 +209,23 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_simd_half *ops, const uint8_t *til
                                    const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
                                    int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
                                    const int FUSED) {
+    const int BIASED = IQ1Q_SIMD_BIASED && !FUSED && !HIST; /* the operands of iq1q_simd_expand */
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
     const float *dtile = (const float *)(tile + L->d);
     const uint8_t *qrow[IQ1Q_X86_NM];
-    for (int i = 0; i < NM; ++i) qrow[i] = A->a + (size_t)(m + i) * A->arow + A->f.aqoff;
+    for (int i = 0; i < NM; ++i)
+        qrow[i] = BIASED ? A->qb + (size_t)(m + i) * (size_t)A->K
+                         : A->a + (size_t)(m + i) * A->arow + A->f.aqoff;
     for (int64_t cb = c0; cb < c1; cb += nb) {
         const int64_t blk = cb / nb;
-        __m256i acc[IQ1Q_X86_NM], cfirst = _mm256_setzero_si256();
-        for (int i = 0; i < NM; ++i) acc[i] = _mm256_setzero_si256();
+        __m256i acc[IQ1Q_X86_NM], cfirst = _mm256_setzero_si256(), bias = _mm256_setzero_si256();
+        if (BIASED)
+            for (int64_t c = cb; c < cb + nb; ++c)
+                bias = _mm256_add_epi32(bias, _mm256_add_epi32(ops[2 * (c - c0)].c, ops[2 * (c - c0) + 1].c));
+        for (int i = 0; i < NM; ++i) acc[i] = bias;
         for (int64_t c = cb; c < cb + nb; ++c) {
-            const size_t qoff = (size_t)blk * A->f.atype + (size_t)(c - cb) * IQ1Q_TILE_CHUNK;
+            const size_t qoff = BIASED ? (size_t)c * IQ1Q_TILE_CHUNK
+                                       : (size_t)blk * A->f.atype + (size_t)(c - cb) * IQ1Q_TILE_CHUNK;
             for (int h = 0; h < 2; ++h) {
                 iq1q_simd_half here;
                 const iq1q_simd_half *o = ops + 2 * (c - c0) + h;
@@ -170,9 +236,13 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_simd_half *ops, const uint8_t *til
                 if (HIST && c == cb && h == 0) cfirst = o->c;
                 const __m256i t0 = o->t[0], t1 = o->t[1], t2 = o->t[2], t3 = o->t[3];
                 /* expanded operands have ls folded in: a constant here, one register fewer */
-                const __m256i ls = FUSED ? o->ls : _mm256_set1_epi16(8), cv = o->c;
+                const __m256i ls = FUSED || BIASED ? o->ls : _mm256_set1_epi16(8), cv = o->c;
 #pragma GCC unroll 8
                 for (int i = 0; i < NM; ++i) {
+                    if (BIASED) {
+                        acc[i] = iq1q_x86_biased_dot(acc[i], t0, t1, t2, t3, ls, qrow[i] + qoff + 16 * h);
+                        continue;
+                    }
                     acc[i] = iq1q_x86_half_dot(acc[i], t0, t1, t2, t3, ls, qrow[i] + qoff + 16 * h);
                     if (!HIST) acc[i] = iq1q_x86_half_corr(acc[i], cv, A->b8 + (m + i) * (A->K / 8) + 4 * c + 2 * h);
                 }
@@ -198,8 +268,9 @@ IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_rows)
 
 static void iq1q_simd_expand(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h,
                              int hist, iq1q_simd_half *o) {
-    (void)hist; /* the historical kernel reads the same operands and ignores their c */
-    iq1q_x86_operands(tile, L, c, h, o, 1);
+    /* the historical kernel reads the folded operands and ignores their c */
+    if (IQ1Q_SIMD_BIASED && !hist) iq1q_x86_biased_operands(tile, L, c, h, o);
+    else iq1q_x86_operands(tile, L, c, h, o, 1);
 }
 
 #endif /* IQ1Q_X86_H */
