@@ -59,6 +59,7 @@ typedef struct {
 #define IQ1Q_SIMD_NM 4
 #define IQ1Q_SIMD_GROUP_SUMS 0
 #define IQ1Q_SIMD_BIASED 0 /* sdot takes signed operands on both sides */
+#define IQ1Q_SIMD_PAIR 0   /* one tile per pass: 4 rows x 2 halves of accumulators fill the registers */
 #include "simd_gemm.h"
 
 /* int32 lanes, all ones where s = -1 for rows 4j..4j+3, group i of half h */
@@ -111,19 +112,20 @@ IQ1Q_NEON_INLINE int32x4_t iq1q_neon_hist_c(const uint8_t *tile, const iq1q_tile
 
 /* NM activation rows m..m+NM-1 over chunks [c0, c1) of a tile (see simd_gemm.h) */
 IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const uint8_t *tile,
-                                     const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
+                                     const uint8_t *tile2, const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
                                      int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
                                      const int FUSED) {
+    (void)tile2; /* no pairs here */
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
     const float *dtile = (const float *)(tile + L->d);
-    const int8_t *qrow[IQ1Q_SIMD_NM];
-    for (int i = 0; i < NM; ++i) qrow[i] = (const int8_t *)(A->a + (size_t)(m + i) * A->arow + A->f.aqoff);
+    /* the quants in pass order (simd_gemm.h): chunk c of row m + i at q + 32 (c NM + i) */
+    const int8_t *q = (const int8_t *)A->qp + IQ1Q_TILE_CHUNK * iq1q_simd_slot(m, 0, L->nchunks);
     for (int64_t cb = c0; cb < c1; cb += nb) {
         const int64_t blk = cb / nb;
         int32x4_t acc[IQ1Q_SIMD_NM][2];
         for (int i = 0; i < NM; ++i) acc[i][0] = acc[i][1] = vdupq_n_s32(0);
         for (int64_t c = cb; c < cb + nb; ++c) {
-            const size_t qoff = (size_t)blk * A->f.atype + (size_t)(c - cb) * IQ1Q_TILE_CHUNK;
+            const int8_t *qc = q + IQ1Q_TILE_CHUNK * IQ1Q_SIMD_NM * (size_t)c;
             for (int h = 0; h < 2; ++h) {
                 iq1q_simd_half here;
                 const iq1q_simd_half *o = ops + 2 * (c - c0) + h;
@@ -133,13 +135,13 @@ IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const uint8_t *t
                 }
 #pragma GCC unroll 4
                 for (int i = 0; i < NM; ++i) {
-                    const int8x16_t q = vld1q_s8(qrow[i] + qoff + 16 * h);
+                    const int8x16_t qv = vld1q_s8(qc + IQ1Q_TILE_CHUNK * i + 16 * h);
                     for (int j = 0; j < 2; ++j) {
                         int32x4_t s = vdupq_n_s32(0);
-                        s = IQ1Q_NEON_DOT(s, o->t[j][0], q, 0);
-                        s = IQ1Q_NEON_DOT(s, o->t[j][1], q, 1);
-                        s = IQ1Q_NEON_DOT(s, o->t[j][2], q, 2);
-                        s = IQ1Q_NEON_DOT(s, o->t[j][3], q, 3);
+                        s = IQ1Q_NEON_DOT(s, o->t[j][0], qv, 0);
+                        s = IQ1Q_NEON_DOT(s, o->t[j][1], qv, 1);
+                        s = IQ1Q_NEON_DOT(s, o->t[j][2], qv, 2);
+                        s = IQ1Q_NEON_DOT(s, o->t[j][3], qv, 3);
                         acc[i][j] = vmlaq_s32(acc[i][j], s, o->ls[j]);
                     }
                 }
@@ -163,8 +165,9 @@ IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const uint8_t *t
 
 IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_neon_rows)
 
-static void iq1q_simd_expand(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h,
-                             int hist, iq1q_simd_half *o) {
+static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
+                             int64_t c, int h, int hist, iq1q_simd_half *o) {
+    (void)tile2;
     if (hist) iq1q_neon_operands(tile, L, c, h, o, 1);
     else iq1q_neon_operands(tile, L, c, h, o, 0);
 }

@@ -7,14 +7,17 @@
  *   IQ1Q_SIMD_NM          activation rows per pass (a macro: the ISA code instantiates per count)
  *   IQ1Q_SIMD_GROUP_SUMS  1 when its fused kernel needs the sums of the quants over groups of 8
  *   IQ1Q_SIMD_BIASED      1 when its expanded kernel reads the quants + 128 as unsigned bytes
- *   iq1q_simd_half        the operands of one half chunk (16 columns of a tile's 8 rows)
+ *   IQ1Q_SIMD_PAIR        1 when its kernels run two tiles (16 weight rows) per pass
+ *   iq1q_simd_half        the expanded operands of one half chunk (16 columns of a tile's
+ *                         8 rows, or of both tiles of a pair)
  * and, after it, the two functions declared below.
  *
  * The work: tiles of 8 weight rows are dealt over the threads; per tile, the
  * activation rows go in blocks of IQ1Q_SIMD_MC. With at most IQ1Q_SIMD_NM of
  * them the kernel makes each operand where it is used (the GEMV path); with
- * more, a chunk of up to IQ1Q_SIMD_KCH * 32 columns is expanded once into an
- * L1-sized scratch and every activation row runs over it (the GEMM path). The
+ * more, a chunk of up to IQ1Q_SIMD_KCH * 32 columns of a tile (or of a pair of
+ * tiles, IQ1Q_SIMD_PAIR, on both paths) is expanded once into an L1-sized scratch
+ * and every activation row runs over it (the GEMM path). The
  * path is chosen once per call, by M, so a call prepares only what its path reads.
  * Results do not depend on the thread count or on the path: every output is
  * the same exact integer per activation block and the same float steps.
@@ -29,7 +32,8 @@
 #include "tiles.h"
 
 enum {
-    IQ1Q_SIMD_KCH = 32, /* chunks of 32 columns expanded at a time: 10-12 KiB of scratch */
+    /* chunks of 32 columns expanded at a time: 10-12 KiB of scratch, whole q8_k blocks */
+    IQ1Q_SIMD_KCH = IQ1Q_SIMD_PAIR ? 16 : 32,
     IQ1Q_SIMD_MC = 64,  /* activation rows per expansion */
 };
 
@@ -48,19 +52,29 @@ static const iq1q_simd_act_format iq1q_simd_act_formats[IQ1Q_NUM_ACTIVATION_FORM
     {IQ1Q_BLOCK_Q8_K128, IQ1Q_TYPE_SIZE_Q8_K128, offsetof(iq1q_block_q8_k128, qs), 0, 0},
 };
 
+/* The quants are copied into the order a pass reads them: chunk c (32 columns) of
+ * IQ1Q_SIMD_NM consecutive rows side by side, so a pass streams one buffer instead of
+ * a row each (with 8 rows 4.4 KB apart, the loads missed L1: 15-20 % of the time at
+ * M >= 8). Slot of row m, chunk c; the next chunk of the row is IQ1Q_SIMD_NM slots on. */
+static inline size_t iq1q_simd_slot(int64_t m, int64_t c, int64_t nchunks) {
+    return (size_t)(((m / IQ1Q_SIMD_NM) * nchunks + c) * IQ1Q_SIMD_NM + m % IQ1Q_SIMD_NM);
+}
+
 typedef struct {
     iq1q_simd_act_format f;
     const uint8_t *a;
     size_t arow;     /* bytes per activation row */
     int64_t K, nblk; /* nblk: blocks per row */
-    int16_t *b8;     /* [M][K/8] sums of the quants over groups of 8, or NULL */
-    uint8_t *qb;     /* [M][K] the quants + 128 (as q ^ 0x80), or NULL */
+    int biased;      /* qp holds q + 128 (as q ^ 0x80): see IQ1Q_SIMD_BIASED */
+    uint8_t *qp;     /* [slot][32] the quants in pass order */
+    int16_t *b8;     /* [slot][4] their sums over groups of 8, or NULL */
     float *da;       /* [M][nblk] block scales */
     float *s;        /* [M][nblk] q8_1's stored s, for the historical kernel only */
 } iq1q_simd_acts;
 
 static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
     const uint8_t *row = A->a + (size_t)m * A->arow;
+    const int64_t nchunks = A->K / IQ1Q_TILE_CHUNK, per_blk = A->f.ablk / IQ1Q_TILE_CHUNK;
     float *da = A->da + m * A->nblk;
     for (int64_t i = 0; i < A->nblk; ++i) {
         const uint8_t *blk = row + (size_t)i * A->f.atype;
@@ -72,46 +86,47 @@ static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
             memcpy(&s, blk + A->f.asoff, 2);
             A->s[m * A->nblk + i] = iq1q_fp16_to_fp32(s);
         }
-        const int8_t *q = (const int8_t *)(blk + A->f.aqoff);
-        if (A->qb) {
-            uint8_t *qb = A->qb + m * A->K + i * A->f.ablk;
-            for (int j = 0; j < A->f.ablk; ++j) qb[j] = (uint8_t)q[j] ^ 0x80u;
-        }
-        if (!A->b8) continue;
-        int16_t *b8 = A->b8 + m * (A->K / 8) + i * (A->f.ablk / 8);
-        for (int g = 0; g < A->f.ablk / 8; ++g) {
-            int sum = 0;
-            for (int j = 0; j < 8; ++j) sum += q[8 * g + j];
-            b8[g] = (int16_t)sum;
+        for (int64_t j = 0; j < per_blk; ++j) {
+            const int8_t *q = (const int8_t *)(blk + A->f.aqoff) + IQ1Q_TILE_CHUNK * j;
+            const size_t slot = iq1q_simd_slot(m, i * per_blk + j, nchunks);
+            uint8_t *qp = A->qp + IQ1Q_TILE_CHUNK * slot;
+            for (int k = 0; k < IQ1Q_TILE_CHUNK; ++k) qp[k] = (uint8_t)q[k] ^ (A->biased ? 0x80u : 0u);
+            if (!A->b8) continue;
+            for (int g = 0; g < IQ1Q_TILE_CHUNK / 8; ++g) {
+                int sum = 0;
+                for (int k = 0; k < 8; ++k) sum += q[8 * g + k];
+                A->b8[4 * slot + g] = (int16_t)sum;
+            }
         }
     }
 }
 
 /* ---- what the ISA header defines ---------------------------------------------- */
 
-/* Operands of half h of chunk c of a tile, expanded once for many activation rows
- * (hist: for the historical kernel). */
-static void iq1q_simd_expand(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h,
-                             int hist, iq1q_simd_half *o);
+/* Operands of half h of chunk c of a tile (with IQ1Q_SIMD_PAIR: of the pair tile,
+ * tile2), expanded once for many activation rows (hist: for the historical kernel). */
+static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
+                             int64_t c, int h, int hist, iq1q_simd_half *o);
 
 /* nm (1..IQ1Q_SIMD_NM) activation rows m.. over chunks [c0, c1) (whole activation
- * blocks) of a tile; f holds their float accumulators, 8 per row. The operands come
- * from ops (expanded, for chunks c0..) or, when fused, are made on the spot. */
-static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile,
+ * blocks) of a tile; f holds their float accumulators, 8 per row (16 with
+ * IQ1Q_SIMD_PAIR: tile, then tile2). The operands come from ops (expanded,
+ * for chunks c0..) or, when fused, are made on the spot. */
+static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
                              const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0,
                              int64_t c1, float *f, int hist, int fused);
 
-/* Defines iq1q_simd_rows_n over ROWS(ops, tile, L, A, m, c0, c1, f, NM, HIST, FUSED), an
- * always-inline function of the ISA header whose last three arguments are constants:
+/* Defines iq1q_simd_rows_n over ROWS(ops, tile, tile2, L, A, m, c0, c1, f, NM, HIST, FUSED),
+ * an always-inline function of the ISA header whose last three arguments are constants:
  * each row count and variant gets its own instantiation, its loops fully unrolled. */
 #define IQ1Q_SIMD_ROWS_CASE(ROWS, n)                                           \
     case n:                                                                    \
         if (fused) {                                                           \
-            if (hist) ROWS(ops, tile, L, A, m, c0, c1, f, n, 1, 1);            \
-            else ROWS(ops, tile, L, A, m, c0, c1, f, n, 0, 1);                 \
+            if (hist) ROWS(ops, tile, tile2, L, A, m, c0, c1, f, n, 1, 1);     \
+            else ROWS(ops, tile, tile2, L, A, m, c0, c1, f, n, 0, 1);          \
         } else {                                                               \
-            if (hist) ROWS(ops, tile, L, A, m, c0, c1, f, n, 1, 0);            \
-            else ROWS(ops, tile, L, A, m, c0, c1, f, n, 0, 0);                 \
+            if (hist) ROWS(ops, tile, tile2, L, A, m, c0, c1, f, n, 1, 0);     \
+            else ROWS(ops, tile, tile2, L, A, m, c0, c1, f, n, 0, 0);          \
         }                                                                      \
         break;
 #if IQ1Q_SIMD_NM == 4
@@ -126,8 +141,9 @@ static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *t
 #endif
 #define IQ1Q_SIMD_DEFINE_ROWS_N(ROWS)                                                               \
     static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile,             \
-                                 const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,      \
-                                 int64_t c0, int64_t c1, float *f, int hist, int fused) {            \
+                                 const uint8_t *tile2, const iq1q_tile_layout *L,                    \
+                                 const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1,         \
+                                 float *f, int hist, int fused) {                                    \
         switch (nm) { IQ1Q_SIMD_ROWS_CASES(ROWS) }                                                   \
     }
 
@@ -147,32 +163,40 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
     const iq1q_simd_acts *A = &J->A;
     const int hist = A->s != NULL;
     iq1q_simd_half ops[2 * IQ1Q_SIMD_KCH];
-    float fbuf[IQ1Q_SIMD_MC * IQ1Q_TILE_ROWS];
+    float fbuf[IQ1Q_SIMD_MC * 2 * IQ1Q_TILE_ROWS];
+    /* tiles per step: a pair where the ISA runs pairs. An odd last tile is paired with
+     * itself, and its copy is not written out. */
+    const int pair = IQ1Q_SIMD_PAIR, width = (pair ? 2 : 1) * IQ1Q_TILE_ROWS;
     const int64_t t0 = task * J->tiles_per_task;
     const int64_t t1 = t0 + J->tiles_per_task < J->ntiles ? t0 + J->tiles_per_task : J->ntiles;
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t t = t0; t < t1; t += pair ? 2 : 1) {
         const uint8_t *tile = J->packed + (size_t)t * J->L.bytes;
+        const uint8_t *tile2 = pair && t + 1 < t1 ? tile + J->L.bytes : tile;
         for (int64_t m0 = 0; m0 < J->M; m0 += IQ1Q_SIMD_MC) {
             const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
-            memset(fbuf, 0, sizeof(float) * IQ1Q_TILE_ROWS * (size_t)mc);
+            memset(fbuf, 0, sizeof(float) * (size_t)width * (size_t)mc);
             if (J->fused) { /* one pass: make each operand where it is used */
-                iq1q_simd_rows_n((int)mc, ops, tile, &J->L, A, m0, 0, J->L.nchunks, fbuf, hist, 1);
+                iq1q_simd_rows_n((int)mc, ops, tile, tile2, &J->L, A, m0, 0, J->L.nchunks, fbuf, hist, 1);
             } else { /* expand a chunk of columns once, then run every row over it */
                 for (int64_t c0 = 0; c0 < J->L.nchunks; c0 += IQ1Q_SIMD_KCH) {
                     const int64_t c1 = c0 + IQ1Q_SIMD_KCH < J->L.nchunks ? c0 + IQ1Q_SIMD_KCH : J->L.nchunks;
                     for (int64_t c = c0; c < c1; ++c)
-                        for (int h = 0; h < 2; ++h) iq1q_simd_expand(tile, &J->L, c, h, hist, ops + 2 * (c - c0) + h);
+                        for (int h = 0; h < 2; ++h)
+                            iq1q_simd_expand(tile, tile2, &J->L, c, h, hist, ops + 2 * (c - c0) + h);
                     for (int64_t m = 0; m < mc; m += IQ1Q_SIMD_NM) {
                         const int nm = mc - m < IQ1Q_SIMD_NM ? (int)(mc - m) : IQ1Q_SIMD_NM;
-                        iq1q_simd_rows_n(nm, ops, tile, &J->L, A, m0 + m, c0, c1,
-                                         fbuf + IQ1Q_TILE_ROWS * m, hist, 0);
+                        iq1q_simd_rows_n(nm, ops, tile, tile2, &J->L, A, m0 + m, c0, c1, fbuf + width * m,
+                                         hist, 0);
                     }
                 }
             }
-            const int64_t row0 = t * IQ1Q_TILE_ROWS;
-            const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
-            for (int64_t m = 0; m < mc; ++m)
-                memcpy(J->y + (m0 + m) * J->N + row0, fbuf + IQ1Q_TILE_ROWS * m, sizeof(float) * nr);
+            for (int k = 0; k < width / IQ1Q_TILE_ROWS && (k == 0 || tile2 != tile); ++k) {
+                const int64_t row0 = (t + k) * IQ1Q_TILE_ROWS;
+                const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
+                for (int64_t m = 0; m < mc; ++m)
+                    memcpy(J->y + (m0 + m) * J->N + row0, fbuf + width * m + IQ1Q_TILE_ROWS * k,
+                           sizeof(float) * nr);
+            }
         }
     }
 }
@@ -215,18 +239,18 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     A->arow = A->f.atype * (size_t)(K / A->f.ablk);
     A->K = K;
     A->nblk = K / A->f.ablk;
-    /* what the path reads besides the quants and scales: the group sums, or (expanded,
-     * where the ISA wants them) the biased quants; the historical kernel reads neither */
-    const int biased = IQ1Q_SIMD_BIASED && !hist && !J.fused;
-    const size_t nb8 = IQ1Q_SIMD_GROUP_SUMS && !hist && !biased ? (size_t)M * (size_t)(K / 8) : 0;
-    const size_t nqb = biased ? (size_t)M * (size_t)K : 0;
+    /* the quants in pass order (biased on the expanded path where the ISA wants it),
+     * and the group sums unless the path needs none (biased, historical) */
+    A->biased = IQ1Q_SIMD_BIASED && !hist && !J.fused;
+    const size_t nslots = (size_t)((M + IQ1Q_SIMD_NM - 1) / IQ1Q_SIMD_NM * IQ1Q_SIMD_NM) * (size_t)(K / IQ1Q_TILE_CHUNK);
+    const size_t nb8 = IQ1Q_SIMD_GROUP_SUMS && !hist && !A->biased ? 4 * nslots : 0;
     const size_t nda = (size_t)M * (size_t)A->nblk;
-    char *scratch = malloc((hist ? 2 : 1) * nda * sizeof(float) + nb8 * sizeof(int16_t) + nqb + 64);
+    char *scratch = malloc((hist ? 2 : 1) * nda * sizeof(float) + nb8 * sizeof(int16_t) + IQ1Q_TILE_CHUNK * nslots);
     if (!scratch) return -1;
     A->da = (float *)scratch;
     A->s = hist ? A->da + nda : NULL;
     A->b8 = nb8 ? (int16_t *)(A->da + (hist ? 2 : 1) * nda) : NULL;
-    A->qb = nqb ? (uint8_t *)(A->da + (hist ? 2 : 1) * nda) : NULL;
+    A->qp = (uint8_t *)(A->da + (hist ? 2 : 1) * nda) + nb8 * sizeof(int16_t);
     iq1q_simd_prep_job P = {A, 0, M};
     const int64_t ptasks = iq1q_simd_tasks(M, nthreads, 16);
     P.rows_per_task = (M + ptasks - 1) / ptasks;
@@ -235,6 +259,7 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     const int64_t min_tiles = M >= 8 ? 1 : 4;
     const int64_t ntasks = iq1q_simd_tasks(J.ntiles, nthreads, min_tiles);
     J.tiles_per_task = (J.ntiles + ntasks - 1) / ntasks;
+    if (IQ1Q_SIMD_PAIR) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
     run(iq1q_simd_gemm_task, &J, (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task, nthreads);
     free(scratch);
     return 0;
