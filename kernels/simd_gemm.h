@@ -103,15 +103,16 @@ static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
 
 /* ---- what the ISA header defines ---------------------------------------------- */
 
-/* Operands of half h of chunk c of a tile (with IQ1Q_SIMD_PAIR: of the pair tile,
- * tile2), expanded once for many activation rows (hist: for the historical kernel). */
+/* Operands of half h of chunk c of a tile (and of tile2, the pair's second tile, or
+ * NULL when the pass runs one tile), expanded once for many activation rows (hist:
+ * for the historical kernel). */
 static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
                              int64_t c, int h, int hist, iq1q_simd_half *o);
 
 /* nm (1..IQ1Q_SIMD_NM) activation rows m.. over chunks [c0, c1) (whole activation
- * blocks) of a tile; f holds their float accumulators, 8 per row (16 with
- * IQ1Q_SIMD_PAIR: tile, then tile2). The operands come from ops (expanded,
- * for chunks c0..) or, when fused, are made on the spot. */
+ * blocks) of a tile, or of a pair (tile2 not NULL); f holds their float accumulators,
+ * 8 per row and tile. The operands come from ops (expanded, for chunks c0..) or,
+ * when fused, are made on the spot. */
 static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
                              const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0,
                              int64_t c1, float *f, int hist, int fused);
@@ -154,6 +155,7 @@ typedef struct {
     iq1q_tile_layout L;
     int64_t N, M, ntiles, tiles_per_task;
     int fused; /* the path, by M: operands made where they are used, or expanded */
+    int pair;  /* two tiles per pass (IQ1Q_SIMD_PAIR), unless M <= 2 */
     float *y; /* (M, N) row-major */
     iq1q_simd_acts A;
 } iq1q_simd_job;
@@ -164,14 +166,14 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
     const int hist = A->s != NULL;
     iq1q_simd_half ops[2 * IQ1Q_SIMD_KCH];
     float fbuf[IQ1Q_SIMD_MC * 2 * IQ1Q_TILE_ROWS];
-    /* tiles per step: a pair where the ISA runs pairs. An odd last tile is paired with
+    /* tiles per step: a pair where the job runs pairs. An odd last tile is paired with
      * itself, and its copy is not written out. */
-    const int pair = IQ1Q_SIMD_PAIR, width = (pair ? 2 : 1) * IQ1Q_TILE_ROWS;
+    const int pair = J->pair, width = (pair ? 2 : 1) * IQ1Q_TILE_ROWS;
     const int64_t t0 = task * J->tiles_per_task;
     const int64_t t1 = t0 + J->tiles_per_task < J->ntiles ? t0 + J->tiles_per_task : J->ntiles;
     for (int64_t t = t0; t < t1; t += pair ? 2 : 1) {
         const uint8_t *tile = J->packed + (size_t)t * J->L.bytes;
-        const uint8_t *tile2 = pair && t + 1 < t1 ? tile + J->L.bytes : tile;
+        const uint8_t *tile2 = !pair ? NULL : t + 1 < t1 ? tile + J->L.bytes : tile;
         for (int64_t m0 = 0; m0 < J->M; m0 += IQ1Q_SIMD_MC) {
             const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
             memset(fbuf, 0, sizeof(float) * (size_t)width * (size_t)mc);
@@ -190,7 +192,7 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
                     }
                 }
             }
-            for (int k = 0; k < width / IQ1Q_TILE_ROWS && (k == 0 || tile2 != tile); ++k) {
+            for (int k = 0; k < (pair ? 2 : 1) && (k == 0 || tile2 != tile); ++k) {
                 const int64_t row0 = (t + k) * IQ1Q_TILE_ROWS;
                 const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
                 for (int64_t m = 0; m < mc; ++m)
@@ -231,6 +233,9 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     J.N = N;
     J.M = M;
     J.fused = M <= IQ1Q_SIMD_NM;
+    /* one or two rows run one tile: there the pair's register shuffles cost more than
+     * its shared broadcasts save (Zen 4, M = 1: 8-14 %) */
+    J.pair = IQ1Q_SIMD_PAIR && M > 2;
     J.y = y;
     J.ntiles = iq1q_tile_count(N);
     iq1q_simd_acts *A = &J.A;
@@ -259,7 +264,7 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     const int64_t min_tiles = M >= 8 ? 1 : 4;
     const int64_t ntasks = iq1q_simd_tasks(J.ntiles, nthreads, min_tiles);
     J.tiles_per_task = (J.ntiles + ntasks - 1) / ntasks;
-    if (IQ1Q_SIMD_PAIR) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
+    if (J.pair) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
     run(iq1q_simd_gemm_task, &J, (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task, nthreads);
     free(scratch);
     return 0;

@@ -1,11 +1,12 @@
 /* x86.h: the x86 SIMD kernels, for every (weight, activation) pair.
  *
  * Compiled twice, into two modules with their own flags: iq1q._avx2
- * (-mavx2 -mfma -mf16c) and iq1q._avx512 (adds AVX-512 F/BW/VL/DQ/VNNI). The
- * only difference is the int8 dot-product step: vpdpbusd/vpdpwssd on 256-bit
- * registers with VNNI (on Zen 4 a 512-bit vpdpbusd retires at half the rate,
- * so 256 bits lose nothing and keep 32 registers free for blocking), and
- * vpmaddubsw + vpmaddwd without.
+ * (-mavx2 -mfma -mf16c) and iq1q._avx512 (adds AVX-512 F/BW/VL/DQ/VNNI). They
+ * differ in the int8 dot-product step, vpdpbusd/vpdpwssd with VNNI and
+ * vpmaddubsw + vpmaddwd without, and in the register width of the passes: with
+ * AVX-512 a pass covers two tiles in 512-bit registers (on Zen 4 a 512-bit
+ * vpdpbusd retires at half the rate of a 256-bit one, so the multiplies cost the
+ * same, but each broadcast and load serves twice the weight rows).
  *
  * Weights are read in the tile layout of tiles.h (repacked once per tensor),
  * so all four weight formats share one kernel. Per activation block (32, 128
@@ -366,17 +367,27 @@ IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const uint8_t
     }
 }
 
-IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_pair_rows)
-#else
-IQ1Q_X86_INLINE void iq1q_x86_single_rows(const iq1q_simd_half *ops, const uint8_t *tile,
-                                          const uint8_t *tile2, const iq1q_tile_layout *L,
-                                          const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1,
-                                          float *f, const int NM, const int HIST, const int FUSED) {
-    (void)tile2; /* no pairs */
-    iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, NM, HIST, FUSED);
-}
-IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_single_rows)
 #endif
+
+/* A pass: over a pair of tiles, or one (tile2 NULL: without pairs, or for one or two
+ * rows, which always run fused). */
+IQ1Q_X86_INLINE void iq1q_x86_pass(const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
+                                   const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
+                                   int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
+                                   const int FUSED) {
+#if IQ1Q_X86_PAIR
+    if (FUSED && NM <= 2 && !tile2) {
+        iq1q_x86_rows(NULL, tile, L, A, m, c0, c1, f, NM, HIST, 1);
+        return;
+    }
+    iq1q_x86_pair_rows(ops, tile, tile2, L, A, m, c0, c1, f, NM, HIST, FUSED);
+#else
+    (void)tile2;
+    iq1q_x86_rows(ops, tile, L, A, m, c0, c1, f, NM, HIST, FUSED);
+#endif
+}
+
+IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_pass)
 
 static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
                              int64_t c, int h, int hist, iq1q_simd_half *o) {
