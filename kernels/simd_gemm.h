@@ -260,8 +260,10 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     const int64_t ptasks = iq1q_simd_tasks(M, nthreads, 16);
     P.rows_per_task = (M + ptasks - 1) / ptasks;
     run(iq1q_simd_prep_task, &P, ptasks, nthreads);
-    /* at least 4 tiles (32 rows) per task at M = 1, fewer as M grows */
-    const int64_t min_tiles = M >= 8 ? 1 : 4;
+    /* a task is at least ~2M multiply-adds (~15 us on one core): waking the pool costs
+     * several us, so a small product (512 x 512 at M = 1) stays on the calling thread */
+    const int64_t tile_macs = IQ1Q_TILE_ROWS * K * M;
+    const int64_t min_tiles = tile_macs >= (1 << 21) ? 1 : (1 << 21) / tile_macs;
     const int64_t ntasks = iq1q_simd_tasks(J.ntiles, nthreads, min_tiles);
     J.tiles_per_task = (J.ntiles + ntasks - 1) / ntasks;
     if (J.pair) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
