@@ -58,7 +58,7 @@ typedef struct {
 
 #define IQ1Q_SIMD_NM 4
 #define IQ1Q_SIMD_GROUP_SUMS 0
-#define IQ1Q_SIMD_BIASED 0 /* sdot takes signed operands on both sides */
+#define IQ1Q_SIMD_BIASED_ROWS 0 /* never: sdot takes signed operands on both sides */
 #define IQ1Q_SIMD_PAIR 0   /* one tile per pass: 4 rows x 2 halves of accumulators fill the registers */
 #include "simd_gemm.h"
 
@@ -120,8 +120,8 @@ IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const uint8_t *t
     const float *dtile = (const float *)(tile + L->d);
     /* the quants in pass order (simd_gemm.h): chunk c of row m + i at q + 32 (c NM + i) */
     const int8_t *q = (const int8_t *)A->qp + IQ1Q_TILE_CHUNK * iq1q_simd_slot(m, 0, L->nchunks);
-    for (int64_t cb = c0; cb < c1; cb += nb) {
-        const int64_t blk = cb / nb;
+    /* blk counts the activation blocks (a division per block showed in the profile) */
+    for (int64_t cb = c0, blk = c0 / nb; cb < c1; cb += nb, ++blk) {
         int32x4_t acc[IQ1Q_SIMD_NM][2];
         for (int i = 0; i < NM; ++i) acc[i][0] = acc[i][1] = vdupq_n_s32(0);
         for (int64_t c = cb; c < cb + nb; ++c) {

@@ -6,7 +6,8 @@
  * The including header defines, before including this one,
  *   IQ1Q_SIMD_NM          activation rows per pass (a macro: the ISA code instantiates per count)
  *   IQ1Q_SIMD_GROUP_SUMS  1 when its fused kernel needs the sums of the quants over groups of 8
- *   IQ1Q_SIMD_BIASED      1 when its expanded kernel reads the quants + 128 as unsigned bytes
+ *   IQ1Q_SIMD_BIASED_ROWS from how many activation rows its kernels read the quants + 128 as
+ *                         unsigned bytes (0: never; the historical kernel never does)
  *   IQ1Q_SIMD_PAIR        1 when its kernels run two tiles (16 weight rows) per pass
  *   iq1q_simd_half        the expanded operands of one half chunk (16 columns of a tile's
  *                         8 rows, or of both tiles of a pair)
@@ -65,7 +66,7 @@ typedef struct {
     const uint8_t *a;
     size_t arow;     /* bytes per activation row */
     int64_t K, nblk; /* nblk: blocks per row */
-    int biased;      /* qp holds q + 128 (as q ^ 0x80): see IQ1Q_SIMD_BIASED */
+    int biased;      /* qp holds q + 128 (as q ^ 0x80): see IQ1Q_SIMD_BIASED_ROWS */
     uint8_t *qp;     /* [slot][32] the quants in pass order */
     int16_t *b8;     /* [slot][4] their sums over groups of 8, or NULL */
     float *da;       /* [M][nblk] block scales */
@@ -113,7 +114,7 @@ static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq
  * blocks) of a tile, or of a pair (tile2 not NULL); f holds their float accumulators,
  * 8 per row and tile. The operands come from ops (expanded, for chunks c0..) or,
  * when fused, are made on the spot. */
-static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
+static inline void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
                              const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0,
                              int64_t c1, float *f, int hist, int fused);
 
@@ -141,10 +142,12 @@ static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *t
 #error "IQ1Q_SIMD_NM: 4 or 8 activation rows per pass"
 #endif
 #define IQ1Q_SIMD_DEFINE_ROWS_N(ROWS)                                                               \
-    static void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile,             \
-                                 const uint8_t *tile2, const iq1q_tile_layout *L,                    \
-                                 const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1,         \
-                                 float *f, int hist, int fused) {                                    \
+    /* always inlined: left to itself, gcc calls an outlined copy once the switch grows to 8 \
+     * row counts, and the expanded path got 4 % slower (AVX2, M = 256) */                       \
+    static inline __attribute__((always_inline)) void iq1q_simd_rows_n(                              \
+        int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,                \
+        const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1,       \
+        float *f, int hist, int fused) {                                                             \
         switch (nm) { IQ1Q_SIMD_ROWS_CASES(ROWS) }                                                   \
     }
 
@@ -244,9 +247,9 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     A->arow = A->f.atype * (size_t)(K / A->f.ablk);
     A->K = K;
     A->nblk = K / A->f.ablk;
-    /* the quants in pass order (biased on the expanded path where the ISA wants it),
-     * and the group sums unless the path needs none (biased, historical) */
-    A->biased = IQ1Q_SIMD_BIASED && !hist && !J.fused;
+    /* the quants in pass order (biased where the ISA's kernels read them so), and the
+     * group sums unless the path needs none (biased, historical) */
+    A->biased = IQ1Q_SIMD_BIASED_ROWS && !hist && M >= IQ1Q_SIMD_BIASED_ROWS;
     const size_t nslots = (size_t)((M + IQ1Q_SIMD_NM - 1) / IQ1Q_SIMD_NM * IQ1Q_SIMD_NM) * (size_t)(K / IQ1Q_TILE_CHUNK);
     const size_t nb8 = IQ1Q_SIMD_GROUP_SUMS && !hist && !A->biased ? 4 * nslots : 0;
     const size_t nda = (size_t)M * (size_t)A->nblk;

@@ -22,11 +22,11 @@
  *
  * Structure (the driver is simd_gemm.h): one 32-bit lane per weight row of a
  * tile, so each activation quad is one broadcast and no horizontal sums are
- * needed. Up to 8 (VNNI) or 4 activation rows run together, over operands made
- * in registers (the GEMV path) or expanded once (the GEMM path): with VNNI with
- * 8*ls folded into the bytes; on AVX2 as signed bytes 8u - 8 + s against the
- * quants biased to unsigned, which saves each activation row the correction's
- * multiply and a register (iq1q_x86_biased_operands). With AVX-512, two tiles
+ * needed. Up to 8 activation rows run together over operands made in registers
+ * (the GEMV path), and 8 (VNNI) or 4 over operands expanded once (the GEMM path):
+ * with VNNI with 8*ls folded into the bytes; on AVX2, from 5 rows, as signed bytes
+ * 8u - 8 + s against the quants biased to unsigned, which saves each activation
+ * row the correction's multiply and a register (iq1q_x86_biased_operands). With AVX-512, two tiles
  * run side by side in 512-bit registers (iq1q_x86_pair_rows): each broadcast then
  * feeds 16 weight rows, and 8 rows' accumulators are enough chains to keep both
  * vpdpbusd pipes busy (measured on Zen 4 against one tile in 256-bit registers:
@@ -62,7 +62,11 @@ static inline __m256i IQ1Q_X86_DPWSSD(__m256i acc, __m256i a, __m256i b) {
 }
 #else
 #define IQ1Q_X86_VNNI 0
-#define IQ1Q_X86_NM 4 /* 16 ymm registers */
+/* 8 rows per pass with 16 ymm registers too: their accumulators live in L1, which costs
+ * less than making the fused operands twice or loading the expanded ones twice (C, hot,
+ * 4096 x 4096 s_r4 against 4 rows per pass: M = 8 2.0 -> 1.8 ms, M = 32 6.0 -> 5.8,
+ * M = 256 48.8 -> 45.9) */
+#define IQ1Q_X86_NM 8
 #endif
 
 #define IQ1Q_X86_INLINE static inline __attribute__((always_inline))
@@ -95,7 +99,9 @@ typedef iq1q_x86_half iq1q_simd_half;
 
 #define IQ1Q_SIMD_NM IQ1Q_X86_NM
 #define IQ1Q_SIMD_GROUP_SUMS 1 /* the correction sum_g ls_g (s_g - 8) B_g */
-#define IQ1Q_SIMD_BIASED (!IQ1Q_X86_VNNI) /* AVX2's expanded path: see iq1q_x86_biased_operands */
+/* AVX2 from 5 rows: see iq1q_x86_biased_operands. Below that the operands of the plain
+ * kernel cost fewer steps than the rows' corrections they would save. */
+#define IQ1Q_SIMD_BIASED_ROWS (IQ1Q_X86_VNNI ? 0 : 5)
 #define IQ1Q_SIMD_PAIR IQ1Q_X86_PAIR
 #include "simd_gemm.h"
 
@@ -145,8 +151,10 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
  * the per-group correction: sum ls w' (q + 128) - 128 sum ls w' = sum ls w' q, the same
  * exact integer I as the fused path's, so the results are bitwise the same.
  * t[p]: w' of columns 16h + 4p .. +3, row r in lane r; ls: int16 ls of row r in lanes 2r,
- * 2r + 1 (not folded: ls w' may exceed a byte); c: -128 * sum over the half of ls w' per row,
- * int32 in lane r (the bias, which depends on the weights alone). */
+ * 2r + 1 (not folded: ls w' may exceed a byte); c: sum over the half of ls w' per row, int32
+ * in lane r (the bias is -128 times its sum over a block: it depends on the weights alone).
+ * Each step is counted: this runs once per half chunk for only M rows, and at M = 8 it was
+ * a third of the time. */
 IQ1Q_X86_INLINE void iq1q_x86_biased_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
                                               int h, iq1q_x86_half *o) {
     const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
@@ -155,22 +163,24 @@ IQ1Q_X86_INLINE void iq1q_x86_biased_operands(const uint8_t *tile, const iq1q_ti
     uint16_t sb;
     memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
     /* per row lane r: -7, or -9 where s = -1 (bit 2r + i: group i = columns 8i..8i+7) */
-    const __m256i bit = _mm256_setr_epi32(1, 4, 16, 64, 256, 1024, 4096, 16384);
     const __m256i sbv = _mm256_set1_epi32(sb);
     __m256i k[2];
     for (int i = 0; i < 2; ++i) {
-        const __m256i b = _mm256_slli_epi32(bit, i);
+        const __m256i b = _mm256_setr_epi32(1 << i, 4 << i, 16 << i, 64 << i, 256 << i, 1024 << i,
+                                            4096 << i, 16384 << i);
         const __m256i neg = _mm256_cmpeq_epi32(_mm256_and_si256(sbv, b), b);
-        k[i] = _mm256_add_epi8(_mm256_set1_epi8(-7), _mm256_and_si256(neg, _mm256_set1_epi8(-2)));
+        k[i] = _mm256_add_epi8(_mm256_set1_epi8(-7), _mm256_add_epi8(neg, neg));
     }
-    __m256i sum = _mm256_setzero_si256();
-    for (int p = 0; p < 4; ++p) {
-        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * p), _mm256_set1_epi8(3));
-        /* u <= 2, so u << 3 stays inside its byte */
-        o->t[p] = _mm256_add_epi8(_mm256_slli_epi16(u, 3), k[p / 2]);
-        sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(_mm256_set1_epi8(1), o->t[p]));
-    }
-    o->c = _mm256_madd_epi16(sum, _mm256_mullo_epi16(o->ls, _mm256_set1_epi16(-128)));
+    /* 8u = (raw >> (2p - 3)) & 0x18: the 16-bit shift moves bits across the byte boundary
+     * only into bits the mask clears */
+    const __m256i eight_u = _mm256_set1_epi8(0x18);
+    o->t[0] = _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(raw, 3), eight_u), k[0]);
+    o->t[1] = _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(raw, 1), eight_u), k[0]);
+    o->t[2] = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 1), eight_u), k[1]);
+    o->t[3] = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 3), eight_u), k[1]);
+    /* |w'| <= 9, so the sum of four stays inside a signed byte */
+    const __m256i sum8 = _mm256_add_epi8(_mm256_add_epi8(o->t[0], o->t[1]), _mm256_add_epi8(o->t[2], o->t[3]));
+    o->c = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), sum8), o->ls);
 }
 
 /* ---- the integer steps ------------------------------------------------------ */
@@ -232,7 +242,8 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
                                    const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
                                    int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
                                    const int FUSED) {
-    const int BIASED = IQ1Q_SIMD_BIASED && !FUSED && !HIST; /* the operands of iq1q_simd_expand */
+    /* AVX2's biased operands: expanded by iq1q_simd_expand, or made here for 5 to 8 rows */
+    const int BIASED = IQ1Q_SIMD_BIASED_ROWS && !HIST && (!FUSED || NM >= IQ1Q_SIMD_BIASED_ROWS);
     /* vpdpbusd takes 4 cycles: one or two rows alone would wait on their own sums, so
      * each row keeps two, one per half chunk */
     const int SPLIT = IQ1Q_X86_VNNI && NM <= 2;
@@ -241,12 +252,16 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
     const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM; /* slots per chunk */
     const uint8_t *q = A->qp + IQ1Q_TILE_CHUNK * first;
     const int16_t *b8 = A->b8 ? A->b8 + 4 * first : NULL;
-    for (int64_t cb = c0; cb < c1; cb += nb) {
-        const int64_t blk = cb / nb;
+    /* blk counts the activation blocks (a division per block showed in the profile) */
+    for (int64_t cb = c0, blk = c0 / nb; cb < c1; cb += nb, ++blk) {
         __m256i acc[2][IQ1Q_X86_NM], cfirst = _mm256_setzero_si256(), bias = _mm256_setzero_si256();
-        if (BIASED)
+        /* the bias, -128 sum ls w' over the block: from the expanded operands before the
+         * rows (it then starts their sums), or summed as the operands are made */
+        if (BIASED && !FUSED) {
             for (int64_t c = cb; c < cb + nb; ++c)
                 bias = _mm256_add_epi32(bias, _mm256_add_epi32(ops[2 * (c - c0)].c, ops[2 * (c - c0) + 1].c));
+            bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 7));
+        }
         for (int i = 0; i < NM; ++i) acc[0][i] = bias, acc[1][i] = _mm256_setzero_si256();
         for (int64_t c = cb; c < cb + nb; ++c) {
             const uint8_t *qc = q + IQ1Q_TILE_CHUNK * step * (size_t)c; /* row i at + 32 i */
@@ -255,7 +270,12 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
                 iq1q_x86_half here;
                 const iq1q_x86_half *o = ops + 2 * (c - c0) + h;
                 if (FUSED) {
-                    iq1q_x86_operands(tile, L, c, h, &here, 0);
+                    if (BIASED) {
+                        iq1q_x86_biased_operands(tile, L, c, h, &here);
+                        bias = _mm256_add_epi32(bias, here.c);
+                    } else {
+                        iq1q_x86_operands(tile, L, c, h, &here, 0);
+                    }
                     o = &here;
                 }
                 if (HIST && c == cb && h == 0) cfirst = o->c;
@@ -275,11 +295,13 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
                 }
             }
         }
+        if (BIASED && FUSED) bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 7));
         /* the float accumulators live in memory (L1): registers are for the integer steps */
         const __m256 dw = _mm256_loadu_ps(dtile + (cb / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS);
 #pragma GCC unroll 8
         for (int i = 0; i < NM; ++i) {
-            __m256 fi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc[0][i], acc[1][i])),
+            const __m256i sum = _mm256_add_epi32(acc[0][i], acc[1][i]);
+            __m256 fi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(BIASED && FUSED ? _mm256_add_epi32(sum, bias) : sum),
                                         _mm256_mul_ps(dw, _mm256_set1_ps(A->da[(m + i) * A->nblk + blk])),
                                         _mm256_loadu_ps(f + 8 * i));
             if (HIST) { /* historical: + s * ls (s - 8), with ls (s - 8) of group 0 of the block */
@@ -322,8 +344,8 @@ IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const uint8_t
     const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM;
     const uint8_t *q = A->qp + IQ1Q_TILE_CHUNK * first;
     const int16_t *b8 = A->b8 ? A->b8 + 4 * first : NULL;
-    for (int64_t cb = c0; cb < c1; cb += nb) {
-        const int64_t blk = cb / nb;
+    /* blk counts the activation blocks (a division per block showed in the profile) */
+    for (int64_t cb = c0, blk = c0 / nb; cb < c1; cb += nb, ++blk) {
         __m512i acc[2][IQ1Q_X86_NM], cfirst = _mm512_setzero_si512();
         for (int i = 0; i < NM; ++i) acc[0][i] = acc[1][i] = _mm512_setzero_si512();
         for (int64_t c = cb; c < cb + nb; ++c) {
@@ -397,7 +419,7 @@ static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq
 #else
     (void)tile2;
     /* the historical kernel reads the folded operands and ignores their c */
-    if (IQ1Q_SIMD_BIASED && !hist) iq1q_x86_biased_operands(tile, L, c, h, o);
+    if (IQ1Q_SIMD_BIASED_ROWS && !hist) iq1q_x86_biased_operands(tile, L, c, h, o);
     else iq1q_x86_operands(tile, L, c, h, o, 1);
 #endif
 }
