@@ -121,8 +121,10 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_ls16(const uint8_t *tile, const iq1q_tile_layou
     return _mm256_or_si256(ls32, _mm256_slli_epi32(ls32, 16));
 }
 
+/* DP: for vpdpbusd (VNNI only), which takes 8*ls folded into the bytes; else for vpmaddubsw,
+ * with ls folded (FOLD) or applied by vpmaddwd */
 IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
-                                       int h, iq1q_x86_half *o, const int FOLD) {
+                                       int h, iq1q_x86_half *o, const int FOLD, const int DP) {
     const __m256i three = _mm256_set1_epi8(3);
     const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
                                           8192, 16384, (short)32768);
@@ -132,12 +134,12 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
     const __m256i ls8 = _mm256_slli_epi16(ls16, 3);
     /* folding costs a multiply per operand, paid once for many activation rows; without it
      * vpmaddwd applies ls per row, and the row's operands need one more register */
-    const __m256i mul = IQ1Q_X86_VNNI ? ls8 : ls16;
-    o->ls = FOLD && !IQ1Q_X86_VNNI ? _mm256_set1_epi16(8) : ls8;
+    const __m256i mul = DP ? ls8 : ls16;
+    o->ls = FOLD && !DP ? _mm256_set1_epi16(8) : ls8;
     for (int p = 0; p < 4; ++p) {
         const __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * p), three);
         /* u <= 2 per byte, so a 16-bit multiply scales both bytes without carries */
-        o->t[p] = FOLD || IQ1Q_X86_VNNI ? _mm256_mullo_epi16(u, mul) : u;
+        o->t[p] = FOLD || DP ? _mm256_mullo_epi16(u, mul) : u;
     }
     uint16_t sb;
     memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
@@ -192,17 +194,21 @@ static inline __m256i iq1q_x86_bcast32(const void *p) {
 }
 
 /* acc (8 rows' int32 lanes) += 8 * ls * sum u q over the half; q: its 16 activation bytes.
- * The operands come by value: kept in registers across the rows of a pass. */
+ * The operands come by value: kept in registers across the rows of a pass. DP as in
+ * iq1q_x86_operands. */
 IQ1Q_X86_INLINE __m256i iq1q_x86_half_dot(__m256i acc, const __m256i t0, const __m256i t1,
                                           const __m256i t2, const __m256i t3, const __m256i ls,
-                                          const uint8_t *q) {
+                                          const uint8_t *q, const int DP) {
 #if IQ1Q_X86_VNNI
-    (void)ls;
-    acc = IQ1Q_X86_DPBUSD(acc, t0, iq1q_x86_bcast32(q));
-    acc = IQ1Q_X86_DPBUSD(acc, t1, iq1q_x86_bcast32(q + 4));
-    acc = IQ1Q_X86_DPBUSD(acc, t2, iq1q_x86_bcast32(q + 8));
-    return IQ1Q_X86_DPBUSD(acc, t3, iq1q_x86_bcast32(q + 12));
+    if (DP) {
+        acc = IQ1Q_X86_DPBUSD(acc, t0, iq1q_x86_bcast32(q));
+        acc = IQ1Q_X86_DPBUSD(acc, t1, iq1q_x86_bcast32(q + 4));
+        acc = IQ1Q_X86_DPBUSD(acc, t2, iq1q_x86_bcast32(q + 8));
+        return IQ1Q_X86_DPBUSD(acc, t3, iq1q_x86_bcast32(q + 12));
+    }
 #else
+    (void)DP;
+#endif
     /* maddubs pairs are <= 2*30*127 (ls folded in), their sum over the half <= 30480: int16
      * is exact */
     __m256i s = _mm256_maddubs_epi16(t0, iq1q_x86_bcast32(q));
@@ -210,7 +216,6 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_half_dot(__m256i acc, const __m256i t0, const _
     s = _mm256_add_epi16(s, _mm256_maddubs_epi16(t2, iq1q_x86_bcast32(q + 8)));
     s = _mm256_add_epi16(s, _mm256_maddubs_epi16(t3, iq1q_x86_bcast32(q + 12)));
     return _mm256_add_epi32(acc, _mm256_madd_epi16(s, ls));
-#endif
 }
 
 /* acc (8 rows' int32 lanes) += sum over the half of ls w' (q + 128), with the biased operands;
@@ -247,6 +252,10 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
     /* vpdpbusd takes 4 cycles: one or two rows alone would wait on their own sums, so
      * each row keeps two, one per half chunk */
     const int SPLIT = IQ1Q_X86_VNNI && NM <= 2;
+    /* one row with VNNI still takes vpmaddubsw's operands: folding ls costs a multiply per
+     * operand, which vpdpbusd does not win back for a single row (Zen 5, hot, 4096 x 4096
+     * GEMV: iq1_s 0.289 -> 0.266 ms, iq1_s_r4 0.294 -> 0.278) */
+    const int DP = IQ1Q_X86_VNNI && !(FUSED && NM == 1);
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
     const float *dtile = (const float *)(tile + L->d);
     const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM; /* slots per chunk */
@@ -274,7 +283,7 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
                         iq1q_x86_biased_operands(tile, L, c, h, &here);
                         bias = _mm256_add_epi32(bias, here.c);
                     } else {
-                        iq1q_x86_operands(tile, L, c, h, &here, 0);
+                        iq1q_x86_operands(tile, L, c, h, &here, 0, DP);
                     }
                     o = &here;
                 }
@@ -289,7 +298,7 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
                     if (BIASED) {
                         a[i] = iq1q_x86_biased_dot(a[i], t0, t1, t2, t3, ls, qi);
                     } else {
-                        a[i] = iq1q_x86_half_dot(a[i], t0, t1, t2, t3, ls, qi);
+                        a[i] = iq1q_x86_half_dot(a[i], t0, t1, t2, t3, ls, qi, DP);
                         if (!HIST) a[i] = iq1q_x86_half_corr(a[i], cv, bc + 4 * i + 2 * h);
                     }
                 }
@@ -326,8 +335,8 @@ IQ1Q_X86_INLINE void iq1q_x86_pair_operands(const uint8_t *tile, const uint8_t *
                                             const iq1q_tile_layout *L, int64_t c, int h,
                                             iq1q_simd_half *o) {
     iq1q_x86_half a, b;
-    iq1q_x86_operands(tile, L, c, h, &a, 1);
-    iq1q_x86_operands(tile2, L, c, h, &b, 1);
+    iq1q_x86_operands(tile, L, c, h, &a, 1, 1);
+    iq1q_x86_operands(tile2, L, c, h, &b, 1, 1);
     for (int p = 0; p < 4; ++p) o->t[p] = _mm512_inserti64x4(_mm512_castsi256_si512(a.t[p]), b.t[p], 1);
     o->c = _mm512_inserti64x4(_mm512_castsi256_si512(a.c), b.c, 1);
 }
@@ -420,7 +429,7 @@ static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq
     (void)tile2;
     /* the historical kernel reads the folded operands and ignores their c */
     if (IQ1Q_SIMD_BIASED_ROWS && !hist) iq1q_x86_biased_operands(tile, L, c, h, o);
-    else iq1q_x86_operands(tile, L, c, h, o, 1);
+    else iq1q_x86_operands(tile, L, c, h, o, 1, IQ1Q_X86_VNNI);
 #endif
 }
 

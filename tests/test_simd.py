@@ -49,13 +49,14 @@ def test_few_and_many_rows_give_the_same_bits(pair, simd, rng):
     expands them once. On AVX2, from five rows on, both read biased quants q + 128 with no
     group-sum correction (four rows and five: either side of that switch); on AVX-512, one
     or two rows run one tile per pass and more run pairs of tiles (20 rows: an odd last
-    tile). All reach the same exact integer per block and take the same float steps."""
+    tile). The many rows are more than one block the driver expands for (150: two blocks of
+    128). All reach the same exact integer per block and take the same float steps."""
     wfmt, afmt = pair
     W = iq1q.quantize(rng.standard_normal((20, 1280)).astype(np.float32), wfmt)
-    x = (rng.standard_normal((70, 1280)) * rng.uniform(0.1, 10, (70, 1))).astype(np.float32)
+    x = (rng.standard_normal((150, 1280)) * rng.uniform(0.1, 10, (150, 1))).astype(np.float32)
     qa = iq1q.quantize_activations(x, afmt, backend="ref")
     many = iq1q.matmul(qa, W, backend=simd, overflow="ignore")
-    for lo, n in ((0, 1), (1, 1), (2, 2), (4, 3), (12, 4), (20, 5), (7, 8)):
+    for lo, n in ((0, 1), (1, 1), (2, 2), (4, 3), (12, 4), (20, 5), (7, 8), (140, 1)):
         few = iq1q.matmul(iq1q.quantize_activations(x[lo:lo + n], afmt, backend="ref"), W, backend=simd,
                           overflow="ignore")
         np.testing.assert_array_equal(few, many[lo:lo + n])

@@ -1,5 +1,6 @@
-"""AVX-512 VNNI kernels (iq1q._avx512): the AVX2 kernels with vpdpbusd/vpdpwssd on 256-bit
-registers (AVX512VL), which on Zen 4 retire at twice the 512-bit rate."""
+"""AVX-512 VNNI kernels (iq1q._avx512): the AVX2 kernels with vpdpbusd/vpdpwssd, one tile in
+256-bit registers (AVX512VL) for one or two activation rows, a pair of tiles in 512-bit
+registers for more (kernels/x86.h says why)."""
 
 from ..hookspecs import hookimpl
 from .avx2 import FEATURES as AVX2_FEATURES
@@ -11,4 +12,4 @@ FEATURES = AVX2_FEATURES + ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx5
 @hookimpl
 def iq1q_register_backends(register):
     register(simd_backend("avx512", "iq1q._avx512", FEATURES, priority=30,
-                          description="x86 AVX-512 VNNI (256-bit dpbusd), weights repacked once into 8-row tiles"))
+                          description="x86 AVX-512 VNNI (vpdpbusd), weights repacked once into 8-row tiles"))

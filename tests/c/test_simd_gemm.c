@@ -77,8 +77,8 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
 int main(void) {
     if (iq1q_ref_quantize_init() != 0) return 2;
     /* a partial tile (N = 20), M on both sides of the 4 or 8 rows run together and
-     * of the 64-row expansion block, K across the expanded chunk (512 or 1024 columns) */
-    static const int64_t Ms[] = {1, 3, 5, 8, 9, 70};
+     * of the 128-row expansion block, K across the expanded chunk (512 or 1024 columns) */
+    static const int64_t Ms[] = {1, 3, 5, 8, 9, 70, 150};
     int passed = 0, failed = 0;
     for (int wfmt = 0; wfmt < IQ1Q_NUM_WEIGHT_FORMATS; ++wfmt)
         for (int afmt = IQ1Q_Q8_0; afmt < IQ1Q_NUM_FORMATS; ++afmt)
