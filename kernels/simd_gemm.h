@@ -202,9 +202,14 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
             for (int k = 0; k < (pair ? 2 : 1) && (k == 0 || tile2 != tile); ++k) {
                 const int64_t row0 = (t + k) * IQ1Q_TILE_ROWS;
                 const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
-                for (int64_t m = 0; m < mc; ++m)
-                    memcpy(J->y + (m0 + m) * J->N + row0, fbuf + width * m + IQ1Q_TILE_ROWS * k,
-                           sizeof(float) * nr);
+                /* a whole tile's copy has a constant size, so it is inlined: a libc call per
+                 * 32 bytes took 5 % of the samples at M = 256 */
+                for (int64_t m = 0; m < mc; ++m) {
+                    float *dst = J->y + (m0 + m) * J->N + row0;
+                    const float *src = fbuf + width * m + IQ1Q_TILE_ROWS * k;
+                    if (nr == IQ1Q_TILE_ROWS) memcpy(dst, src, sizeof(float) * IQ1Q_TILE_ROWS);
+                    else memcpy(dst, src, sizeof(float) * nr);
+                }
             }
         }
     }

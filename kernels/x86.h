@@ -22,15 +22,18 @@
  *
  * Structure (the driver is simd_gemm.h): one 32-bit lane per weight row of a
  * tile, so each activation quad is one broadcast and no horizontal sums are
- * needed. Up to 8 activation rows run together over operands made in registers
- * (the GEMV path), and 8 (VNNI) or 4 over operands expanded once (the GEMM path):
- * with VNNI with 8*ls folded into the bytes; on AVX2, from 5 rows, as signed bytes
- * 8u - 8 + s against the quants biased to unsigned, which saves each activation
- * row the correction's multiply and a register (iq1q_x86_biased_operands). With AVX-512, two tiles
- * run side by side in 512-bit registers (iq1q_x86_pair_rows): each broadcast then
- * feeds 16 weight rows, and 8 rows' accumulators are enough chains to keep both
- * vpdpbusd pipes busy (measured on Zen 4 against one tile in 256-bit registers:
- * M = 8 1.47 -> 1.09 ms, M = 32 4.8 -> 3.8, M = 256 42 -> 32, 4096 x 4096 hot).
+ * needed. Up to 8 activation rows run together, over operands made in registers
+ * (the GEMV path) or expanded once (the GEMM path): with VNNI with 8*ls folded
+ * into the bytes (but a lone row, see DP in iq1q_x86_rows); on AVX2, from 5 rows,
+ * as signed bytes 8u - 8 + s against the quants biased to unsigned, which saves
+ * each activation row the correction's multiply and a register
+ * (iq1q_x86_biased_operands). With AVX-512, two tiles run side by side in 512-bit
+ * registers (iq1q_x86_pair_rows): each broadcast then feeds 16 weight rows
+ * (measured on Zen 4 against one tile in 256-bit registers: M = 8 1.47 -> 1.09 ms,
+ * M = 32 4.8 -> 3.8, M = 256 42 -> 32, 4096 x 4096 hot). Its 8 rows are 8 chains of
+ * vpdpbusd (latency 4), which keep the two pipes ~85 % busy (Zen 5, independent
+ * chains alone: 1.69 per cycle, 1.94 from 12 chains on); 16 rows per pass, or two
+ * chains per row, made gcc 12 spill accumulators and were no faster.
  * Each tile prefetches the bytes of the tile after next.
  */
 #ifndef IQ1Q_X86_H
