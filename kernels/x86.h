@@ -254,11 +254,11 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
     const int BIASED = IQ1Q_SIMD_BIASED_ROWS && !HIST && (!FUSED || NM >= IQ1Q_SIMD_BIASED_ROWS);
     /* vpdpbusd takes 4 cycles: one or two rows alone would wait on their own sums, so
      * each row keeps two, one per half chunk */
-    const int SPLIT = IQ1Q_X86_VNNI && NM <= 2;
     /* one row with VNNI still takes vpmaddubsw's operands: folding ls costs a multiply per
      * operand, which vpdpbusd does not win back for a single row (Zen 5, hot, 4096 x 4096
      * GEMV: iq1_s 0.289 -> 0.266 ms, iq1_s_r4 0.294 -> 0.278) */
     const int DP = IQ1Q_X86_VNNI && !(FUSED && NM == 1);
+    const int SPLIT = DP && NM <= 2;
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
     const float *dtile = (const float *)(tile + L->d);
     const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM; /* slots per chunk */
@@ -267,14 +267,12 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
     /* blk counts the activation blocks (a division per block showed in the profile) */
     for (int64_t cb = c0, blk = c0 / nb; cb < c1; cb += nb, ++blk) {
         __m256i acc[2][IQ1Q_X86_NM], cfirst = _mm256_setzero_si256(), bias = _mm256_setzero_si256();
-        /* the bias, -128 sum ls w' over the block: from the expanded operands before the
-         * rows (it then starts their sums), or summed as the operands are made */
-        if (BIASED && !FUSED) {
+        /* the bias is -128 sum ls w' over the block: summed from the expanded operands, or as
+         * the fused ones are made */
+        if (BIASED && !FUSED)
             for (int64_t c = cb; c < cb + nb; ++c)
                 bias = _mm256_add_epi32(bias, _mm256_add_epi32(ops[2 * (c - c0)].c, ops[2 * (c - c0) + 1].c));
-            bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 7));
-        }
-        for (int i = 0; i < NM; ++i) acc[0][i] = bias, acc[1][i] = _mm256_setzero_si256();
+        for (int i = 0; i < NM; ++i) acc[0][i] = acc[1][i] = _mm256_setzero_si256();
         for (int64_t c = cb; c < cb + nb; ++c) {
             const uint8_t *qc = q + IQ1Q_TILE_CHUNK * step * (size_t)c; /* row i at + 32 i */
             const int16_t *bc = b8 ? b8 + 4 * step * (size_t)c : NULL;
@@ -307,13 +305,13 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
                 }
             }
         }
-        if (BIASED && FUSED) bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 7));
+        if (BIASED) bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 7));
         /* the float accumulators live in memory (L1): registers are for the integer steps */
         const __m256 dw = _mm256_loadu_ps(dtile + (cb / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS);
 #pragma GCC unroll 8
         for (int i = 0; i < NM; ++i) {
             const __m256i sum = _mm256_add_epi32(acc[0][i], acc[1][i]);
-            __m256 fi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(BIASED && FUSED ? _mm256_add_epi32(sum, bias) : sum),
+            __m256 fi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(BIASED ? _mm256_add_epi32(sum, bias) : sum),
                                         _mm256_mul_ps(dw, _mm256_set1_ps(A->da[(m + i) * A->nblk + blk])),
                                         _mm256_loadu_ps(f + 8 * i));
             if (HIST) { /* historical: + s * ls (s - 8), with ls (s - 8) of group 0 of the block */
