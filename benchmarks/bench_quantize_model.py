@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from gguf_models import ik_tool, write_legacy_imatrix  # noqa: E402  (the tests' model helpers)
 
 from iq1q import gguf_io  # noqa: E402
-from iq1q.model_quantize import parse_target, plan  # noqa: E402
+from iq1q.models.quantize import parse_target, plan  # noqa: E402
 from iq1q.report import table  # noqa: E402
 
 MiB = 1 << 20
-IMPORTS = "import iq1q.model_quantize, iq1q.cli, tqdm"
+IMPORTS = "import iq1q.models.quantize, iq1q.cli, tqdm"
 
 
 def synthetic_model(path: Path, blocks: int, n: int) -> None:

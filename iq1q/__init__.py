@@ -5,20 +5,23 @@ ik_llama.cpp and GGUF, multiplied against activations quantized on the fly to
 q8_0, q8_1, q8_k or q8_k128 by pluggable native backends.
 """
 
-from . import cpu
+__version__ = "0.1.0"
+
+from . import cpu, plugins
+from .backend import Backend, BackendInfo
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, Format, format_info
 from .gemm import matmul, quantize_activations
 from .hazards import Fp16OverflowError, Fp16OverflowWarning, Fp16Report, check_activations
 from .hookspecs import hookimpl
-from .registry import Backend, BackendInfo, backends, get_backend, kernel_table
+from .registry import backends, get_backend, kernel_table
 from .tensors import QuantizedActivations, QuantizedTensor, dequantize, quantize
-from . import plugins  # noqa: E402  (loads the built-in and installed backends)
 
-__version__ = "0.1.0"
+plugins.load_entry_points()  # last: an installed plugin's module may use any of the above
 
 
 def __getattr__(name: str):
-    # iq1q.gguf_io needs the optional gguf package: imported on first use, not with iq1q
+    # iq1q.gguf_io (an alias of iq1q.models.gguf_io) needs the optional gguf package:
+    # imported on first use, not with iq1q
     if name == "gguf_io":
         import importlib
 

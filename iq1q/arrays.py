@@ -20,6 +20,13 @@ def as_float32(x, what: str, ndims: tuple[int, ...]) -> np.ndarray:
     return np.require(arr, dtype=np.float32, requirements=("C_CONTIGUOUS", "ALIGNED"))
 
 
+def as_rows(x, what: str) -> tuple[np.ndarray, bool]:
+    """x of shape (M, K) or (K,) as a 2-D float32 array (one row for a vector), and whether
+    it was a vector, so that results can take the caller's shape again."""
+    arr = as_float32(x, what, (1, 2))
+    return (arr.reshape(1, -1), True) if arr.ndim == 1 else (arr, False)
+
+
 def require_finite(x: np.ndarray, what: str) -> None:
     """ValueError naming the first NaN or Inf, if there is one."""
     if not np.isfinite(x).all():

@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -95,10 +96,8 @@ def info(args: argparse.Namespace) -> int:
 
 
 def quantize_gguf(args: argparse.Namespace) -> int:
-    try:
-        from .model_quantize import quantize_model
-    except ImportError as e:  # the gguf extra is missing
-        raise ValueError(f"{e} (iq1q quantize needs: pip install 'iq1q[gguf]')") from None
+    with _extras():
+        from .models.quantize import quantize_model
 
     def terminate(signum, frame):  # SIGTERM, SIGHUP: unwind like Ctrl-C, so the temporary file goes
         raise KeyboardInterrupt
@@ -127,23 +126,33 @@ def _read_text(path: str | None) -> tuple[str | None, str]:
         return fh.read(), path
 
 
-def _needs_extras(fn, *args, **kwargs):
+EXTRAS = {"gguf": "gguf", "tqdm": "gguf", "sentencepiece": "tokenizer"}  # package -> iq1q extra
+
+
+@contextmanager
+def _extras():
+    """A missing optional package as a one-line error naming the extra that installs it,
+    rather than a traceback. The model commands import layer 2 (iq1q.models) only when run."""
     try:
-        return fn(*args, **kwargs)
-    except ImportError as e:  # gguf or sentencepiece missing: a one-line error, not a traceback
-        raise ValueError(f"{e} (needs: pip install 'iq1q[gguf,tokenizer]')") from None
+        yield
+    except ModuleNotFoundError as e:
+        top = (e.name or "").partition(".")[0]
+        if top not in EXTRAS:
+            raise
+        raise ValueError(f"{e} (needs: pip install 'iq1q[{EXTRAS[top]}]')") from None
 
 
 def perplexity_cmd(args: argparse.Namespace) -> int:
     import json
 
-    from .perplexity import format_table, perplexity
-
     text, _ = _read_text(args.text)
-    result = _needs_extras(perplexity, args.model, text, ctx=args.ctx, weights=args.weights,
-                           activations=args.activations, imatrix=args.imatrix, both_imatrix=args.both_imatrix,
-                           llama_compatible=args.llama_compatible, max_chunks=args.chunks,
-                           threads=args.threads, progress=args.progress)
+    with _extras():
+        from .models.perplexity import format_table, perplexity
+
+        result = perplexity(args.model, text, ctx=args.ctx, weights=args.weights,
+                            activations=args.activations, imatrix=args.imatrix,
+                            both_imatrix=args.both_imatrix, llama_compatible=args.llama_compatible,
+                            max_chunks=args.chunks, threads=args.threads, progress=args.progress)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as fh:
@@ -153,15 +162,14 @@ def perplexity_cmd(args: argparse.Namespace) -> int:
 
 
 def imatrix_cmd(args: argparse.Namespace) -> int:
-    from . import imatrix
+    from .models import imatrix
+    from .models.chunks import builtin_text
 
     text, name = _read_text(args.text)
-    if text is None:
-        from .perplexity import builtin_text
-        text = builtin_text()
     t0 = time.perf_counter()
-    col, n = _needs_extras(imatrix.compute, args.model, text, ctx=args.ctx, max_chunks=args.chunks,
-                           threads=args.threads, progress=args.progress)
+    with _extras():
+        col, n = imatrix.compute(args.model, builtin_text() if text is None else text, ctx=args.ctx,
+                                 max_chunks=args.chunks, threads=args.threads, progress=args.progress)
     if str(args.output).endswith(".dat"):
         imatrix.write_legacy(args.output, col, name, n)
     else:
@@ -205,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                        description="Perplexity of a llama or gemma3 GGUF model on a text: the float model "
                        "(weights dequantized) and, for each --weights format, the model quantized as "
                        "'iq1q quantize' does, with each --activations format. An already-quantized IQ1 "
-                       "file runs as it is. See iq1q.perplexity for which tokens are scored.")
+                       "file runs as it is. See iq1q.models.chunks for which tokens are scored.")
     p.add_argument("model", metavar="MODEL.gguf")
     p.add_argument("--text", metavar="FILE", help="UTF-8 text (default: the built-in public-domain text)")
     p.add_argument("--ctx", type=int, default=512, help="tokens per chunk, BOS included (default 512)")

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from . import _ref
 
 
-@dataclass(frozen=True)
+# eq=False: one object per format (the table below), so identity is equality, and hashing
+# one (as a cache key on every matmul) costs no more than hashing its name
+@dataclass(frozen=True, eq=False)
 class Format:
     """One weight or activation format, as ggml / ik_llama.cpp define it."""
 

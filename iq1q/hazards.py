@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _ref
-from .arrays import as_float32
-from .formats import ACTIVATION_FORMATS, activation_format
+from .arrays import as_rows
+from .formats import ACTIVATION_FORMATS, Format, activation_format
 
 FP16_FORMATS = {"q8_0": False, "q8_1": True}  # format -> whether it stores s = d * sum(q)
 
@@ -49,45 +49,44 @@ class Fp16Report:
                 f"beyond the fp16 range of +-65504); use activation='q8_k128' (float32 scale, integer sums), which cannot overflow")
 
 
-def scan(x: np.ndarray, fmt: str) -> Fp16Report:
+def scan(x: np.ndarray, fmt: Format) -> Fp16Report:
     """The report of one activation format for float32 x of shape (M, K);
     ValueError if x holds NaN or Inf (found by the same native pass)."""
-    if fmt not in FP16_FORMATS:
-        return Fp16Report(fmt)
-    *fields, bad_row = _ref.fp16_hazards(x, FP16_FORMATS[fmt])
+    if fmt.name not in FP16_FORMATS:
+        return Fp16Report(fmt.name)
+    *fields, bad_row = _ref.fp16_hazards(x, FP16_FORMATS[fmt.name])
     if bad_row >= 0:
         raise ValueError(f"NaN or Inf in activations (first in row {bad_row})")
-    return Fp16Report(fmt, *fields)
+    return Fp16Report(fmt.name, *fields)
 
 
 def check_activations(x) -> dict[str, Fp16Report]:
     """Per activation format whose block divides the row length, what its fp16
     fields would do with x, of shape (M, K) or (K,)."""
-    arr = as_float32(x, "activations", (1, 2))
-    arr = arr.reshape(1, -1) if arr.ndim == 1 else arr
+    arr, _ = as_rows(x, "activations")
     k = arr.shape[1]
     activation_format("q8_0").row_size(k)  # the smallest block; raises for a bad row length
-    return {f: scan(arr, f) for f in ACTIVATION_FORMATS if k % activation_format(f).block_size == 0}
+    fmts = map(activation_format, ACTIVATION_FORMATS)
+    return {f.name: scan(arr, f) for f in fmts if k % f.block_size == 0}
 
 
-def scan_quantized(data: np.ndarray, fmt: str, k: int) -> Fp16Report:
+def scan_quantized(data: np.ndarray, f: Format, k: int) -> Fp16Report:
     """The overflow report read back from quantized bytes (no underflow count:
     the original values are gone). Values are recomputed from d and the quants."""
-    if fmt not in FP16_FORMATS:
-        return Fp16Report(fmt)
-    f = activation_format(fmt)
+    if f.name not in FP16_FORMATS:
+        return Fp16Report(f.name)
     blocks = data.reshape(-1, f.type_size)
-    nhalf = 2 if FP16_FORMATS[fmt] else 1
+    nhalf = 2 if FP16_FORMATS[f.name] else 1
     halves = blocks[:, : 2 * nhalf].copy().view("<f2").astype(np.float32)
     bad = ~np.isfinite(halves).all(axis=1)
     if not bad.any():
-        return Fp16Report(fmt)
+        return Fp16Report(f.name)
     first = int(np.argmax(bad))
     q = blocks[first, 2 * nhalf :].view(np.int8).astype(np.float64)
     value = float(halves[first, 0]) * q.sum() if np.isfinite(halves[first, 0]) else float("inf")
     per_row = k // f.block_size
     site = (first // per_row, first % per_row, value)
-    return Fp16Report(fmt, int(bad.sum()), 0, site, site)
+    return Fp16Report(f.name, int(bad.sum()), 0, site, site)
 
 
 def enforce(report: Fp16Report, policy: str) -> None:

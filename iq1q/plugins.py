@@ -4,6 +4,10 @@ Third-party distributions declare an entry point in the group "iq1q" whose
 module implements the hooks of iq1q.hookspecs. $IQ1Q_LOAD_PLUGINS, when set,
 is a comma-separated list of the distributions whose entry points load (an
 empty string loads none).
+
+This module also asks the plugins for their backends (registered()) and keeps
+the book of the installed plugins that failed, at any stage (broken()); the
+registry (iq1q.registry) chooses among the backends.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import pluggy
 
 from . import hookspecs
+from .backend import Backend, BackendInfo
 
 ENTRY_POINT_GROUP = "iq1q"
 ENV_LOAD_PLUGINS = "IQ1Q_LOAD_PLUGINS"
@@ -66,6 +71,7 @@ class BrokenPlugin:
 
 _distributions: dict[str, str] = {}  # entry point name -> "<distribution> <version>"
 _failed: list[BrokenPlugin] = []  # entry points that did not load or did not validate
+_entry_points_loaded = False
 
 
 def skipped(name: str, origin: str, stage: str, error: BaseException) -> BrokenPlugin:
@@ -94,7 +100,13 @@ def _register_entry_point(ep, label: str) -> None:
     _distributions[ep.name] = label
 
 
-def _load_entry_points() -> None:
+def load_entry_points() -> None:
+    """Register the installed distributions' plugins (as $IQ1Q_LOAD_PLUGINS allows). Called
+    once, as the last step of `import iq1q`, so that a plugin's module sees the whole API."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
     wanted = os.environ.get(ENV_LOAD_PLUGINS)
     names = None if wanted is None else {d.strip() for d in wanted.split(",") if d.strip()}
     seen = set()
@@ -112,8 +124,6 @@ def _load_entry_points() -> None:
                       f"(or declares no {ENTRY_POINT_GROUP!r} entry point)", stacklevel=2)
 
 
-_load_entry_points()
-
 
 def origin(plugin: object) -> str:
     """Where a plugin comes from: "builtin", "<distribution> <version>", or
@@ -128,9 +138,47 @@ def installed(plugin: object) -> bool:
     return (pm.get_name(plugin) or "") in _distributions
 
 
+# (plugin set generation, its backends highest priority first, installed plugins whose hook raised)
+_registered: tuple[int, list[BackendInfo], list[BrokenPlugin]] | None = None
+
+
+def registered() -> list[BackendInfo]:
+    """Every backend the current plugins register, highest priority first; asked once
+    per plugin set (pm.generation). An installed plugin whose hook raises is skipped
+    whole; a built-in or runtime one raises."""
+    global _registered
+    if _registered is not None and _registered[0] == pm.generation:
+        return list(_registered[1])
+    found: dict[str, BackendInfo] = {}
+    failures = []
+    for impl in pm.hook.iq1q_register_backends.get_hookimpls():
+        mine: dict[str, BackendInfo] = {}  # kept only if the whole hook succeeds
+
+        def register(backend: Backend, _plugin=impl.plugin, _mine=mine) -> None:
+            if not isinstance(backend, Backend):
+                raise TypeError(f"register() takes an iq1q.Backend, got {type(backend).__name__}")
+            first = found.get(backend.name) or _mine.get(backend.name)
+            if first is not None:
+                raise ValueError(f"backend {backend.name!r} is registered twice "
+                                 f"({first.origin} and {origin(_plugin)})")
+            _mine[backend.name] = BackendInfo(backend, origin(_plugin), bool(backend.is_available()))
+
+        try:
+            impl.function(register=register)
+        except Exception as e:
+            if not installed(impl.plugin):
+                raise  # built-in or registered by code: the caller's own bug, loud
+            failures.append(skipped(impl.plugin_name, origin(impl.plugin),
+                                    "its iq1q_register_backends hook raised", e))
+            continue
+        found.update(mine)
+    result = sorted(found.values(), key=lambda b: (-b.priority, b.name))
+    _registered = (pm.generation, result, failures)
+    return list(result)
+
+
 def broken() -> list[BrokenPlugin]:
     """Installed plugins skipped: those that failed to import or validate, then those whose
     iq1q_register_backends hook raised (found when the backends are listed)."""
-    from .registry import hook_failures
-
-    return _failed + hook_failures()
+    registered()
+    return _failed + _registered[2]

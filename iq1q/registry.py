@@ -9,142 +9,22 @@ backend by priority; "ref" serves every pair, so every pair always works.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-
-from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format, weight_format
+from . import plugins
+from .backend import ALL_PAIRS, ActivationQuantizer, BackendInfo, GemmKernel, WeightPacker
+from .formats import Format, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
 
-# kernel(w, a_bytes, y, K, threads): y = X @ W.T, where y is (M, N) float32, a_bytes the whole
-# activation tensor and w the weight tensor's ggml bytes, or what the backend's packer made of
-# them; runs on up to `threads` threads (its own split), releases the GIL.
-GemmKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], None]
-# quantizer(x, out, threads) -> first row holding NaN/Inf, or -1; x is (M, K) float32.
-ActivationQuantizer = Callable[[np.ndarray, np.ndarray, int], int]
-# packer(format id, ggml bytes, N, K, threads) -> the weights in the backend's own layout,
-# made once per tensor and kept with it.
-WeightPacker = Callable[[int, np.ndarray, int, int, int], np.ndarray]
-
-
-def _always() -> bool:
-    return True
-
-
-@dataclass(frozen=True)
-class Backend:
-    """What a plugin registers: a named set of kernels and activation quantizers."""
-
-    name: str
-    kernels: Mapping[tuple[str, str], GemmKernel] = field(default_factory=dict, repr=False)
-    activation_quantizers: Mapping[str, ActivationQuantizer] = field(default_factory=dict, repr=False)
-    weight_packers: Mapping[str, WeightPacker] = field(default_factory=dict, repr=False)
-    priority: int = 0
-    is_available: Callable[[], bool] = field(default=_always, repr=False)  # e.g. a CPU feature check
-    description: str = ""
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name or self.name == "auto":
-            raise ValueError(f"a backend needs a name other than 'auto', got {self.name!r}")
-        for w, a in self.kernels:
-            weight_format(w), activation_format(a)
-        for a in self.activation_quantizers:
-            activation_format(a)
-        for w in self.weight_packers:
-            weight_format(w)
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """A registered backend as iq1q.backends() lists it."""
-
-    backend: Backend
-    origin: str  # "builtin", "<distribution> <version>" or "runtime"
-    available: bool
-
-    @property
-    def name(self) -> str:
-        return self.backend.name
-
-    @property
-    def priority(self) -> int:
-        return self.backend.priority
-
-    @property
-    def description(self) -> str:
-        return self.backend.description
-
-    @property
-    def pairs(self) -> tuple[tuple[str, str], ...]:
-        return tuple(p for p in ALL_PAIRS if p in self.backend.kernels)
-
-    def __repr__(self) -> str:
-        return (f"<backend {self.name!r} priority={self.priority} origin={self.origin!r} "
-                f"available={self.available} pairs={len(self.pairs)}>")
-
-
-ALL_PAIRS = tuple((w, a) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS)
-
-# (plugin set generation, their backends, installed plugins whose hook raised)
-_cache: tuple[int, list[BackendInfo], list] | None = None
-# (plugin set generation, backend asked for or $IQ1Q_BACKEND, formats) -> route
+# (backend asked for or $IQ1Q_BACKEND, formats) -> route, for the plugin set of _routes_generation
 _routes: dict = {}
-
-
-_pm = None  # iq1q.plugins.pm, bound on first use (plugins imports this module)
-
-
-def _generation() -> int:
-    global _pm
-    if _pm is None:
-        from .plugins import pm as _pm
-    return _pm.generation
+_routes_generation = -1
 
 
 def backends() -> list[BackendInfo]:
     """All registered backends, highest priority first."""
-    global _cache
-    from .plugins import installed, origin, pm, skipped
-
-    key = _generation()
-    if _cache is not None and _cache[0] == key:
-        return list(_cache[1])
-    found: dict[str, BackendInfo] = {}
-    failures = []
-    for impl in pm.hook.iq1q_register_backends.get_hookimpls():
-        mine: dict[str, BackendInfo] = {}  # kept only if the whole hook succeeds
-
-        def register(backend: Backend, _plugin=impl.plugin, _mine=mine) -> None:
-            if not isinstance(backend, Backend):
-                raise TypeError(f"register() takes an iq1q.Backend, got {type(backend).__name__}")
-            first = found.get(backend.name) or _mine.get(backend.name)
-            if first is not None:
-                raise ValueError(f"backend {backend.name!r} is registered twice "
-                                 f"({first.origin} and {origin(_plugin)})")
-            _mine[backend.name] = BackendInfo(backend, origin(_plugin), bool(backend.is_available()))
-
-        try:
-            impl.function(register=register)
-        except Exception as e:
-            if not installed(impl.plugin):
-                raise  # built-in or registered by code: the caller's own bug, loud
-            failures.append(skipped(impl.plugin_name, origin(impl.plugin),
-                                    "its iq1q_register_backends hook raised", e))
-            continue
-        found.update(mine)
-    result = sorted(found.values(), key=lambda b: (-b.priority, b.name))
-    _cache = (key, result, failures)
-    _routes.clear()
-    return list(result)
-
-
-def hook_failures() -> list:
-    """The installed plugins (iq1q.plugins.BrokenPlugin) whose hook raised when the
-    current set of plugins was asked for its backends."""
-    backends()
-    return list(_cache[2])
+    return plugins.registered()
 
 
 def _chosen(name: str | None) -> BackendInfo | None:
@@ -188,12 +68,17 @@ class Route:
     quantize: ActivationQuantizer
 
 
-def _cache_key(backend: str | None, *formats: str) -> tuple:
-    # everything a resolution depends on (an os.environ lookup costs ~1 us: one at most)
-    return (_generation(), backend or os.environ.get(ENV_BACKEND), *formats)
+def _cache_key(backend: str | None, *formats: str | Format) -> tuple:
+    """Everything a resolution depends on; the cache is emptied when a plugin comes or goes."""
+    global _routes_generation
+    if _routes_generation != plugins.pm.generation:
+        _routes.clear()
+        _routes_generation = plugins.pm.generation
+    # one os.environ lookup at most: it costs ~1 us, a tenth of a small GEMV's Python side
+    return (backend or os.environ.get(ENV_BACKEND), *formats)
 
 
-def route(weight: str, activation: str, backend: str | None = None) -> Route:
+def route(weight: str | Format, activation: str | Format, backend: str | None = None) -> Route:
     """The Route of a format pair, resolved once per backend set and then cached."""
     key = _cache_key(backend, weight, activation)
     found = _routes.get(key)
@@ -210,13 +95,13 @@ def route(weight: str, activation: str, backend: str | None = None) -> Route:
     return found
 
 
-def kernel(weight: str, activation: str, backend: str | None = None) -> tuple[str, GemmKernel]:
+def kernel(weight: str | Format, activation: str | Format, backend: str | None = None) -> tuple[str, GemmKernel]:
     """(serving backend's name, kernel) for a format pair."""
     r = route(weight, activation, backend)
     return r.backend, r.kernel
 
 
-def activation_quantizer(fmt: str, backend: str | None = None) -> tuple[str, ActivationQuantizer]:
+def activation_quantizer(fmt: str | Format, backend: str | None = None) -> tuple[str, ActivationQuantizer]:
     """(serving backend's name, quantizer) for an activation format, cached like route()."""
     key = _cache_key(backend, fmt)
     found = _routes.get(key)

@@ -7,10 +7,10 @@ import numpy as np
 from . import _ref
 from .arrays import as_float32, require_finite
 from .formats import Format, activation_format, weight_format
-from .threads import run_rows
+from .threads import num_threads
 
 
-def _check_shape(fmt: Format, shape: tuple[int, ...]) -> tuple[int, int]:
+def check_shape(fmt: Format, shape: tuple[int, ...]) -> tuple[int, int]:
     """(rows, row length) of a 2-D shape, checked against the format's rules."""
     if len(shape) != 2 or any(not isinstance(s, (int, np.integer)) or s < 0 for s in shape):
         raise ValueError(f"shape must be (rows, row length) of non-negative ints, got {shape!r}")
@@ -69,9 +69,7 @@ class _Quantized:
 
     def _dequantize(self, threads: int | None) -> np.ndarray:
         out = np.empty((self._rows, self._n), dtype=np.float32)
-        if self._rows:
-            run_rows(lambda a, b: _ref.dequantize(self._format.id, self._data, out, a, b),
-                     self._rows, self._format.rows_per_group, threads, min_rows=64)
+        _ref.dequantize(self._format.id, self._data, out, num_threads(threads))
         return out
 
 
@@ -101,7 +99,7 @@ class QuantizedTensor(_Quantized):
     def from_bytes(cls, buf, fmt: str, shape: tuple[int, int]) -> QuantizedTensor:
         """Wrap ggml bytes (e.g. a GGUF tensor's data), checking their length."""
         f = weight_format(fmt)
-        rows, n = _check_shape(f, tuple(shape))
+        rows, n = check_shape(f, tuple(shape))
         return cls(f, rows, n, _as_bytes(buf, f, rows, n))
 
     def dequantize(self, threads: int | None = None) -> np.ndarray:
@@ -157,7 +155,7 @@ class QuantizedActivations(_Quantized):
     def from_bytes(cls, buf, fmt: str, shape: tuple[int, ...]) -> QuantizedActivations:
         f = activation_format(fmt)
         shape = tuple(shape)
-        rows, n = _check_shape(f, (1,) + shape if len(shape) == 1 else shape)
+        rows, n = check_shape(f, (1,) + shape if len(shape) == 1 else shape)
         return cls(f, rows, n, _as_bytes(buf, f, rows, n), vector=len(shape) == 1)
 
     def dequantize(self) -> np.ndarray:
@@ -183,7 +181,7 @@ def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> Quantized
     """
     f = weight_format(fmt)
     x = as_float32(w, "weights", (2,))
-    rows, n = _check_shape(f, x.shape)
+    rows, n = check_shape(f, x.shape)
     require_finite(x, "weights")
     if rows and (big := float(np.abs(x).max())) > MAX_WEIGHT:
         raise ValueError(f"weights up to {big:.3g} are beyond what IQ1's fp16 scales can hold "
@@ -197,9 +195,7 @@ def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> Quantized
         if (im < 0).any():
             raise ValueError(f"imatrix must be non-negative (first negative at {int(np.argmax(im < 0))})")
     out = np.empty(rows * f.row_size(n), dtype=np.uint8)
-    if rows:
-        run_rows(lambda a, b: _ref.quantize_weights(f.id, x, out, im, a, b),
-                 rows, f.rows_per_group, threads)
+    _ref.quantize_weights(f.id, x, out, im, num_threads(threads))
     t = QuantizedTensor(f, rows, n, out)
     if (bad := _bad_scale_rows(t)).size:  # a block scale past fp16's 65504: not a usable tensor
         raise ValueError(f"weights up to {float(np.abs(x[bad]).max()):.3g} in row {bad[0]} overflow "

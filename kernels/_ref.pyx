@@ -61,32 +61,69 @@ def fp16_to_fp32(const uint16_t[::1] h, float[::1] out):
             out[i] = iq1q_fp16_to_fp32(h[i])
 
 
-def quantize_weights(int fmt, const float[:, ::1] x, uint8_t[::1] out, imatrix,
-                     int64_t row0, int64_t row1):
-    """Quantize rows [row0, row1) of x into out (the whole tensor's bytes)."""
+ctypedef struct _rows_job:
+    iq1q_weight_quantize_fn quantize  # one of the two is set
+    iq1q_dequantize_fn dequantize
+    const float *x  # quantize: x -> q; dequantize: q -> y
+    const float *imatrix
+    const uint8_t *q
+    uint8_t *qout
+    float *y
+    int64_t nrows, n, rows_per_task
+    size_t rs
+
+
+cdef void _rows_task(void *ctx, int64_t t) noexcept nogil:
+    cdef _rows_job *j = <_rows_job *>ctx
+    cdef int64_t r0 = t * j.rows_per_task
+    cdef int64_t r1 = min(r0 + j.rows_per_task, j.nrows)
+    if j.quantize != NULL:
+        j.quantize(j.x + r0 * j.n, j.qout + r0 * j.rs, r1 - r0, j.n, j.imatrix)
+    else:
+        j.dequantize(j.q + r0 * j.rs, j.y + r0 * j.n, r1 - r0, j.n)
+
+
+cdef void _run_rows(_rows_job *j, int fmt, int threads, int64_t min_values) noexcept nogil:
+    """Run a rows job on the pool in tasks of whole row groups, each of at least
+    min_values values; every row group is the same work whatever the split."""
+    cdef int64_t group = iq1q_format_infos[fmt].rows_per_group
+    cdef int64_t groups = j.nrows // group
+    cdef int64_t ntasks = _ntasks(groups, threads, max(1, min_values // (group * j.n)))
+    j.rows_per_task = group * ((groups + ntasks - 1) // ntasks)
+    pool_run(_rows_task, j, (j.nrows + j.rows_per_task - 1) // j.rows_per_task, threads)
+
+
+def quantize_weights(int fmt, const float[:, ::1] x, uint8_t[::1] out, imatrix, int threads):
+    """Quantize the rows of x into out (ggml bytes) on up to `threads` threads."""
     cdef const float[::1] im
-    cdef const float *im_ptr = NULL
-    cdef size_t rs = _check_rows(fmt, x.shape[0], x.shape[1], out.shape[0], row0, row1, True)
+    cdef size_t rs = _check_rows(fmt, x.shape[0], x.shape[1], out.shape[0], 0, x.shape[0], True)
+    _check_threads(threads)
+    cdef _rows_job j
+    j.imatrix = NULL
     if imatrix is not None:
         im = imatrix
         if im.shape[0] != x.shape[1]:
             raise ValueError(f"imatrix has {im.shape[0]} entries, rows have {x.shape[1]}")
-        im_ptr = &im[0]
-    if row1 == row0:
+        j.imatrix = &im[0]
+    if x.shape[0] == 0:
         return
-    cdef iq1q_weight_quantize_fn fn = iq1q_ref_weight_quantizers[fmt]
-    with nogil:
-        fn(&x[row0, 0], &out[row0 * rs], row1 - row0, x.shape[1], im_ptr)
+    j.quantize, j.dequantize = iq1q_ref_weight_quantizers[fmt], NULL
+    j.x, j.qout, j.nrows, j.n, j.rs = &x[0, 0], &out[0], x.shape[0], x.shape[1], rs
+    with nogil:  # ~60-150 ns a weight: tasks of 64k weights are milliseconds
+        _run_rows(&j, fmt, threads, 65536)
 
 
-def dequantize(int fmt, const uint8_t[::1] data, float[:, ::1] out, int64_t row0, int64_t row1):
-    """Dequantize rows [row0, row1) of a weight or activation tensor."""
-    cdef size_t rs = _check_rows(fmt, out.shape[0], out.shape[1], data.shape[0], row0, row1, False)
-    if row1 == row0:
+def dequantize(int fmt, const uint8_t[::1] data, float[:, ::1] out, int threads):
+    """Dequantize a weight or activation tensor (all rows of out) on up to `threads` threads."""
+    cdef size_t rs = _check_rows(fmt, out.shape[0], out.shape[1], data.shape[0], 0, out.shape[0], False)
+    _check_threads(threads)
+    if out.shape[0] == 0:
         return
-    cdef iq1q_dequantize_fn fn = iq1q_ref_dequantizers[fmt]
-    with nogil:
-        fn(&data[row0 * rs], &out[row0, 0], row1 - row0, out.shape[1])
+    cdef _rows_job j
+    j.quantize, j.dequantize = NULL, iq1q_ref_dequantizers[fmt]
+    j.q, j.y, j.nrows, j.n, j.rs = &data[0], &out[0, 0], out.shape[0], out.shape[1], rs
+    with nogil:  # ~1 ns a value: below a quarter million a second thread does not pay
+        _run_rows(&j, fmt, threads, 262144)
 
 
 def quantize_activations(int fmt, const float[:, ::1] x, uint8_t[::1] out, int threads):

@@ -19,7 +19,7 @@ pytest.importorskip("tqdm")
 
 import iq1q  # noqa: E402
 from iq1q import gguf_io  # noqa: E402
-from iq1q.model_quantize import parse_target, plan, quantize_model  # noqa: E402
+from iq1q.models.quantize import parse_target, plan, quantize_model  # noqa: E402
 
 from gguf_models import ik_nofma_quantize, require_ik, run_ik_quantize  # noqa: E402
 

@@ -18,10 +18,11 @@ pytest.importorskip("sentencepiece")
 pytest.importorskip("tqdm")
 
 from iq1q import gguf_io  # noqa: E402
-from iq1q.model import from_gguf  # noqa: E402
-from iq1q.model_quantize import quantize_model  # noqa: E402
-from iq1q.perplexity import builtin_text, perplexity  # noqa: E402
-from iq1q.tokenizer import Tokenizer  # noqa: E402
+from iq1q.models.model import from_gguf  # noqa: E402
+from iq1q.models.quantize import quantize_model  # noqa: E402
+from iq1q.models.chunks import builtin_text  # noqa: E402
+from iq1q.models.perplexity import perplexity  # noqa: E402
+from iq1q.models.tokenizer import Tokenizer  # noqa: E402
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 

@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 pytest.importorskip("tqdm")
 
 from iq1q import gguf_io  # noqa: E402
-from iq1q.model_quantize import quantize_model  # noqa: E402
+from iq1q.models.quantize import quantize_model  # noqa: E402
 
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf_models import ik_nofma_quantize, require_ik, run_ik_quantize, tiny_llama, write_legacy_imatrix  # noqa: E402

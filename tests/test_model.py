@@ -1,4 +1,4 @@
-"""iq1q.model's forward pass against ik_llama.cpp's logits on tiny llama and gemma3 models
+"""iq1q.models.model's forward pass against ik_llama.cpp's logits on tiny llama and gemma3 models
 (tests/vectors/tiny_*_ik_logits.npz, see tests/vectors/MODEL_FIXTURES.md), and its errors."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ pytest.importorskip("gguf")
 
 import iq1q  # noqa: E402
 from iq1q import gguf_io  # noqa: E402
-from iq1q.model import Config, Model, ModelError, from_gguf, load  # noqa: E402
+from iq1q.models.model import Config, Model, ModelError, from_gguf, load  # noqa: E402
 
 import tiny_models  # noqa: E402
 

@@ -17,8 +17,8 @@ pytest.importorskip("tqdm")
 import iq1q  # noqa: E402
 from iq1q import gguf_io  # noqa: E402
 from iq1q.cli import main  # noqa: E402
-from iq1q.imatrix import ImatrixError, load as load_imatrix  # noqa: E402
-from iq1q.model_quantize import QuantizeError, quantize_model  # noqa: E402
+from iq1q.models.imatrix import ImatrixError, load as load_imatrix  # noqa: E402
+from iq1q.models.quantize import QuantizeError, quantize_model  # noqa: E402
 
 from gguf import GGMLQuantizationType as T, GGUFReader  # noqa: E402
 from gguf_models import ROOT_VECTORS, add, tiny_llama, write_gguf_imatrix, write_legacy_imatrix  # noqa: E402

@@ -51,12 +51,12 @@ def test_gemm_rejects_wrong_dtypes():
 def test_quantize_and_dequantize_check_sizes():
     x = np.zeros((4, 256), np.float32)
     with pytest.raises(ValueError, match="must be 200 bytes, got 199"):
-        _ref.quantize_weights(format_info("iq1_s").id, x, np.zeros(199, np.uint8), None, 0, 4)  # iq1_s
+        _ref.quantize_weights(format_info("iq1_s").id, x, np.zeros(199, np.uint8), None, 1)  # iq1_s
     with pytest.raises(ValueError, match="imatrix has 128 entries, rows have 256"):
-        _ref.quantize_weights(S_R4, x, np.zeros(200, np.uint8), np.ones(128, np.float32), 0, 4)
+        _ref.quantize_weights(S_R4, x, np.zeros(200, np.uint8), np.ones(128, np.float32), 1)
     with pytest.raises(ValueError, match="q8_0 is not a weight format"):
-        _ref.quantize_weights(Q8_0, x, np.zeros(4 * 272, np.uint8), None, 0, 4)
+        _ref.quantize_weights(Q8_0, x, np.zeros(4 * 272, np.uint8), None, 1)
     with pytest.raises(ValueError, match="must be 136 bytes, got 10"):
-        _ref.dequantize(Q8_0, np.zeros(10, np.uint8), np.zeros((1, 128), np.float32), 0, 1)
+        _ref.dequantize(Q8_0, np.zeros(10, np.uint8), np.zeros((1, 128), np.float32), 1)
     with pytest.raises(ValueError, match="iq1_s_r4 is not an activation format"):
         _ref.quantize_activations(S_R4, x, np.zeros(200, np.uint8), 1)

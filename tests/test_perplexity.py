@@ -12,10 +12,11 @@ pytest.importorskip("gguf")
 pytest.importorskip("sentencepiece")
 pytest.importorskip("tqdm")
 
-from iq1q import cli, gguf_io, imatrix  # noqa: E402
-from iq1q.model import load  # noqa: E402
-from iq1q.perplexity import builtin_text, chunks  # noqa: E402
-from iq1q.tokenizer import Tokenizer, TokenizerError  # noqa: E402
+from iq1q import cli, gguf_io  # noqa: E402
+from iq1q.models import imatrix  # noqa: E402
+from iq1q.models.chunks import builtin_text, chunks  # noqa: E402
+from iq1q.models.model import load  # noqa: E402
+from iq1q.models.tokenizer import Tokenizer, TokenizerError  # noqa: E402
 
 import tiny_models  # noqa: E402
 
@@ -168,7 +169,8 @@ def test_a_pair_the_rows_cannot_take_is_named(tmp_path, capsys):
     (tmp_path / "t.txt").write_text(TEXT)
     assert cli.main(["perplexity", str(path), "--text", str(tmp_path / "t.txt"), "--ctx", "16",
                      "--weights", "iq1_s_r4", "--activations", "q8_k", "--no-progress"]) == 2
-    assert "blk.0.attn_q.weight (iq1_s_r4, rows of 128) cannot take q8_k activations" in capsys.readouterr().err
+    assert ("blk.0.attn_q.weight: row length 128 is not a multiple of 256, the larger block of "
+            "iq1_s_r4 (32) x q8_k (256)") in capsys.readouterr().err
 
 
 def test_an_iq1_file_runs_as_it_is(tmp_path, capsys):
@@ -182,7 +184,7 @@ def test_an_iq1_file_runs_as_it_is(tmp_path, capsys):
     runs = json.loads(out.read_text())["runs"]
     assert [(r["weights"], r["activations"], r["from_file"]) for r in runs] == [
         ("iq1_m_r4", "q8_0", True), ("iq1_m_r4", "q8_k128", True)]
-    # the file's own bytes: the same NLL as the model iq1q.model reads from it
+    # the file's own bytes: the same NLL as the model iq1q.models.model reads from it
     model = load(q, activation="q8_k128", threads=1)
     tok = Tokenizer(gguf_io.read(q).metadata)
     c = chunks(tok.encode(TEXT, add_bos=False), 16, 1)[0]

@@ -1,17 +1,33 @@
-"""What the built-in native backends share: a Backend made from a kernel module."""
+"""What the built-in native backends share: their kernel modules' entry points as a Backend.
+
+Every built-in kernel module (iq1q._ref, iq1q._avx2, ...) exports gemm(weight id, activation
+id, ...) and quantize_activations(activation id, ...), the ids being the formats' indices
+into the native format table (Format.id).
+"""
 
 from __future__ import annotations
 
 import importlib
 from functools import partial
+from types import ModuleType
 
 import numpy as np
 
 from .. import cpu
+from ..backend import Backend
 from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
-from ..registry import Backend
 
 IDS = {name: format_info(name).id for name in WEIGHT_FORMATS + ACTIVATION_FORMATS}
+
+
+def kernels(module: ModuleType) -> dict:
+    """A kernel module's gemm for every (weight, activation) pair."""
+    return {(w, a): partial(module.gemm, IDS[w], IDS[a]) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS}
+
+
+def activation_quantizers(module: ModuleType) -> dict:
+    """A kernel module's quantize_activations for every activation format."""
+    return {a: partial(module.quantize_activations, IDS[a]) for a in ACTIVATION_FORMATS}
 
 
 def _packer(module, fmt: int, data: np.ndarray, N: int, K: int, threads: int) -> np.ndarray:
@@ -34,7 +50,7 @@ def simd_backend(name: str, module: str, features: tuple[str, ...], priority: in
         name,
         priority=priority,
         description=description,
-        kernels={(w, a): partial(mod.gemm, IDS[w], IDS[a]) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS},
-        activation_quantizers={a: partial(mod.quantize_activations, IDS[a]) for a in ACTIVATION_FORMATS},
+        kernels=kernels(mod),
+        activation_quantizers=activation_quantizers(mod),
         weight_packers={w: partial(_packer, mod) for w in WEIGHT_FORMATS},
     )

@@ -1,6 +1,6 @@
 """A numpy float32 forward pass of `llama` and `gemma3` GGUF models over iq1q.matmul.
 
-    m = iq1q.model.load("model.gguf", activation="q8_k128")
+    m = iq1q.models.model.load("model.gguf", activation="q8_k128")
     logits = m.forward(token_ids)                 # (T, n_vocab) float32, causal, positions 0..T-1
     m.forward(ids, hook=lambda name, x: ...)      # sees every linear layer's input (T, K)
 
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .gemm import matmul
-from .tensors import QuantizedTensor
+from ..gemm import matmul
+from ..tensors import QuantizedTensor
 
 Hook = Callable[[str, np.ndarray], None]
 

@@ -171,7 +171,7 @@ def load(path: str | os.PathLike) -> Imatrix:
 
 
 class Collector:
-    """A forward hook (iq1q.model) that sums x^2 per input column of every linear layer of
+    """A forward hook (iq1q.models.model) that sums x^2 per input column of every linear layer of
     the transformer blocks, and counts the rows (tokens), as llama-imatrix does: the output
     head and other tensors outside `blk.` are left out (llama-imatrix without --process-output)."""
 
@@ -226,15 +226,15 @@ def write_legacy(path: str | os.PathLike, collector: Collector, dataset: str, ch
 def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks: int | None = None,
             threads: int | None = None, progress: bool | None = None) -> tuple[Collector, int]:
     """Run the model over text in llama-imatrix's chunks (ctx tokens, the first replaced by
-    BOS; iq1q.perplexity.chunks with llama_compatible) and collect every block linear
+    BOS; iq1q.models.chunks.chunks with llama_compatible) and collect every block linear
     layer's input. Returns the collector and the number of chunks."""
     import sys
 
     from tqdm import tqdm
 
     from . import gguf_io
+    from .chunks import chunks
     from .model import from_gguf
-    from .perplexity import chunks
     from .tokenizer import Tokenizer
 
     f = gguf_io.read(model_path)

@@ -1,15 +1,6 @@
 """Perplexity of a GGUF model, float and per (weight, activation) pair: `iq1q perplexity`.
 
-Which tokens are scored (the token ids are those of iq1q.tokenizer, equal to llama.cpp's):
-
-* default: the text's tokens (no BOS) are cut into chunks of ctx - 1; each chunk is
-  evaluated with BOS prepended (ctx tokens, positions 0..ctx-1) and every token after the
-  first, i.e. all ctx - 1 text tokens, is scored from the logits of the position before it.
-  A text shorter than one chunk is one shorter chunk.
-* llama_compatible: as llama.cpp's llama-perplexity: the text's tokens with BOS in front are
-  cut into chunks of ctx, the first token of each chunk is replaced by BOS, and only the
-  second half is scored (the tokens at chunk positions ctx/2 + 1 .. ctx - 1, i.e.
-  ctx - 1 - ctx/2 per chunk). It needs at least 2 * ctx tokens, as llama-perplexity.
+Which tokens are scored: iq1q.models.chunks.
 
 Perplexity is exp(mean NLL) over all scored tokens, NLL in float64 from float32 logits.
 """
@@ -23,55 +14,21 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from . import hazards
-from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
-from .model import Model, ModelError
-from .report import table
+from .. import hazards
+from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format
+from ..gemm import check_pair_block
+from ..report import table
+from . import gguf_io
+from .chunks import Chunk, builtin_text, chunks
+from .model import Model, from_gguf
+from .quantize import quantize_model
+from .tokenizer import Tokenizer
 
-EVAL_TEXT = "coriolanus.txt"  # iq1q/data/: the opening of Shakespeare's Coriolanus (public domain)
 HEAD_ROWS = 64  # output-head rows per slice: a 262144-token vocabulary is 1 MiB of logits per row
-
-
-def builtin_text() -> str:
-    return resources.files("iq1q").joinpath("data", EVAL_TEXT).read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class Chunk:
-    tokens: np.ndarray  # evaluated at positions 0..len-1
-    first: int          # logits at positions first..len-2 score tokens[first+1..len-1]
-
-
-def chunks(text_ids: Sequence[int], ctx: int, bos: int | None, llama_compatible: bool = False,
-           max_chunks: int | None = None) -> list[Chunk]:
-    """The chunks to evaluate; text_ids are the text's tokens without BOS."""
-    if ctx < 2:
-        raise ValueError(f"ctx must be at least 2, got {ctx}")
-    if bos is None:
-        raise ModelError("the model has no tokenizer.ggml.bos_token_id; perplexity chunks start with BOS")
-    ids = np.asarray(text_ids, np.int64)
-    if llama_compatible:
-        ids = np.concatenate([[bos], ids])
-        if ids.size < 2 * ctx:
-            raise ValueError(f"--llama-compatible needs at least 2 * ctx = {2 * ctx} tokens, the text has {ids.size}")
-        n = ids.size // ctx
-        out = []
-        for i in range(n):
-            c = ids[i * ctx:(i + 1) * ctx].copy()
-            c[0] = bos
-            out.append(Chunk(c, ctx // 2))
-    else:
-        step = ctx - 1
-        if ids.size < 1:
-            raise ValueError("the text has no tokens")
-        n = max(1, ids.size // step)
-        out = [Chunk(np.concatenate([[bos], ids[i * step:(i + 1) * step]]), 0) for i in range(n)]
-    return out[:max_chunks] if max_chunks else out
 
 
 class Stats:
@@ -80,7 +37,7 @@ class Stats:
 
     def __init__(self, quantized: set[str], activation: str | None):
         self.quantized = quantized
-        self.fp16 = activation if activation in hazards.FP16_FORMATS else None
+        self.fp16 = activation_format(activation) if activation in hazards.FP16_FORMATS else None
         self.overflow_blocks = 0
         self.max_abs, self.max_layer = 0.0, ""
 
@@ -133,12 +90,11 @@ def evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | No
     """Fill run (ppl, NLLs, statistics) by evaluating every chunk with model."""
     from tqdm import tqdm
 
-    for lin in model.linears():  # before any work: a row length the pair cannot take
-        if lin.quantized and run.activations:
-            block = max(format_info(lin.weight.format).block_size, format_info(run.activations).block_size)
-            if lin.shape[1] % block:
-                raise ValueError(f"{lin.name} ({lin.weight.format}, rows of {lin.shape[1]}) cannot take "
-                                 f"{run.activations} activations: {lin.shape[1]} is not a multiple of {block}")
+    if run.activations:  # before any work: a row length the pair cannot take
+        act = activation_format(run.activations)
+        for lin in model.linears():
+            if lin.quantized:
+                check_pair_block(lin.weight._format, act, lin.shape[1], what=lin.name)
     stats = Stats({l.name for l in model.linears() if l.quantized}, run.activations)
     nll, toks, n_eval = [], [], 0
     t0 = time.perf_counter()
@@ -162,12 +118,10 @@ def evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | No
 
 def file_formats(f) -> list[str]:
     """The IQ1 formats of a GGUF file's tensors, most frequent first."""
-    from .gguf_io import IQ1_TYPES
-
     counts: dict[str, int] = {}
     for r in f.raw.values():
-        if r.ggml_type in IQ1_TYPES:
-            name = IQ1_TYPES[r.ggml_type].name
+        if r.ggml_type in gguf_io.IQ1_TYPES:
+            name = gguf_io.IQ1_TYPES[r.ggml_type].name
             counts[name] = counts.get(name, 0) + 1
     return sorted(counts, key=lambda k: -counts[k])
 
@@ -178,11 +132,6 @@ def perplexity(model_path: str | os.PathLike, text: str | None = None, ctx: int 
                llama_compatible: bool = False, max_chunks: int | None = None, threads: int | None = None,
                progress: bool | None = None) -> dict:
     """The perplexity table as a dict (the --json shape); see the module docstring."""
-    from . import gguf_io
-    from .model import from_gguf
-    from .model_quantize import quantize_model
-    from .tokenizer import Tokenizer
-
     for w in weights:
         if w not in WEIGHT_FORMATS:
             raise ValueError(f"--weights must be among {', '.join(WEIGHT_FORMATS)}, got {w!r}")

@@ -7,10 +7,13 @@ matrix and everything else keep their type unless a --tensor-type pattern says
 otherwise. Tensors are copied byte for byte, metadata key for key (general.file_type
 updated).
 
-The work is cut into chunks of whole rows (whole 4-row groups), spread over a thread
-pool (the native quantizer releases the GIL) and written in order as they finish, so
-memory holds a few chunks, never the model. Source bytes are read with pread rather
-than through the memory map, so the pages read do not stay in this process's RSS.
+The work is cut into chunks of whole rows (whole 4-row groups), spread over a Python
+thread pool and written in order as they finish, so memory holds a few chunks, never
+the model. A Python pool, not the native one: a chunk is a pipeline of Python-level
+steps (pread, conversion from the source type by the gguf package's numpy code, the
+native quantizer with the GIL released, the error measurement), each chunk on one
+thread. Source bytes are read with pread rather than through the memory map, so the
+pages read do not stay in this process's RSS.
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from . import gguf_io
-from .formats import WEIGHT_FORMATS, Format, format_info
+from ..formats import WEIGHT_FORMATS, Format, format_info
 from .gguf_io import GGUFError, RawTensor, TensorSpec
 from .imatrix import Imatrix
 from .imatrix import load as load_imatrix
-from .report import table
-from .tensors import QuantizedTensor, quantize
-from .threads import num_threads
+from ..report import table
+from ..tensors import QuantizedTensor, quantize
+from ..threads import num_threads
 
 KEEP = "keep"  # --tensor-type target: leave the tensor as it is
 CHUNK_WEIGHTS = 1 << 18  # weights per work item: a few MiB of floats in flight per thread
@@ -266,19 +269,21 @@ class _Done:
     ref2: float = 0.0  # sum of squared source values
 
 
+def _pread(fd: int, n: int, offset: int, name: str) -> np.ndarray:
+    """n bytes of the input file at offset, or GGUFError if the file is shorter."""
+    buf = os.pread(fd, n, offset)
+    if len(buf) != n:
+        raise GGUFError(f"{name}: the input file is shorter than its header says (changed while read?)")
+    return np.frombuffer(buf, np.uint8)
+
+
 def _run(fd: int, item: _Item, errors: bool) -> _Done:
     t0 = time.perf_counter()
     p, src = item.plan, item.plan.src
     if not p.quantized:
-        buf = os.pread(fd, item.nbytes, src.offset + item.byte0)
-        if len(buf) != item.nbytes:
-            raise GGUFError(f"{p.name}: the input file is shorter than its header says (changed while read?)")
-        return _Done(np.frombuffer(buf, np.uint8), time.perf_counter() - t0)
+        return _Done(_pread(fd, item.nbytes, src.offset + item.byte0, p.name), time.perf_counter() - t0)
     rb = src.row_bytes
-    buf = os.pread(fd, item.rows * rb, src.offset + item.row0 * rb)
-    if len(buf) != item.rows * rb:
-        raise GGUFError(f"{p.name}: the input file is shorter than its header says (changed while read?)")
-    x = _to_float(src, np.frombuffer(buf, np.uint8), item.rows)
+    x = _to_float(src, _pread(fd, item.rows * rb, src.offset + item.row0 * rb, p.name), item.rows)
     if not np.isfinite(x).all():
         raise QuantizeError(f"{p.name}: NaN or Inf in the source weights (rows from {item.row0})")
     t = p.target

@@ -1,0 +1,79 @@
+"""What a plugin registers: a Backend, a named set of kernels keyed by format pair."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format, weight_format
+
+# kernel(w, a_bytes, y, K, threads): y = X @ W.T, where y is (M, N) float32, a_bytes the whole
+# activation tensor and w the weight tensor's ggml bytes, or what the backend's packer made of
+# them; runs on up to `threads` threads (its own split), releases the GIL.
+GemmKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], None]
+# quantizer(x, out, threads) -> first row holding NaN/Inf, or -1; x is (M, K) float32.
+ActivationQuantizer = Callable[[np.ndarray, np.ndarray, int], int]
+# packer(format id, ggml bytes, N, K, threads) -> the weights in the backend's own layout,
+# made once per tensor and kept with it.
+WeightPacker = Callable[[int, np.ndarray, int, int, int], np.ndarray]
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a plugin registers: a named set of kernels and activation quantizers."""
+
+    name: str
+    kernels: Mapping[tuple[str, str], GemmKernel] = field(default_factory=dict, repr=False)
+    activation_quantizers: Mapping[str, ActivationQuantizer] = field(default_factory=dict, repr=False)
+    weight_packers: Mapping[str, WeightPacker] = field(default_factory=dict, repr=False)
+    priority: int = 0
+    is_available: Callable[[], bool] = field(default=_always, repr=False)  # e.g. a CPU feature check
+    description: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or self.name == "auto":
+            raise ValueError(f"a backend needs a name other than 'auto', got {self.name!r}")
+        for w, a in self.kernels:
+            weight_format(w), activation_format(a)
+        for a in self.activation_quantizers:
+            activation_format(a)
+        for w in self.weight_packers:
+            weight_format(w)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A registered backend as iq1q.backends() lists it."""
+
+    backend: Backend
+    origin: str  # "builtin", "<distribution> <version>" or "runtime"
+    available: bool
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def priority(self) -> int:
+        return self.backend.priority
+
+    @property
+    def description(self) -> str:
+        return self.backend.description
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(p for p in ALL_PAIRS if p in self.backend.kernels)
+
+    def __repr__(self) -> str:
+        return (f"<backend {self.name!r} priority={self.priority} origin={self.origin!r} "
+                f"available={self.available} pairs={len(self.pairs)}>")
+
+
+ALL_PAIRS = tuple((w, a) for w in WEIGHT_FORMATS for a in ACTIVATION_FORMATS)
