@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNELS = "kernels"
-# Strict float32 everywhere: quantizer bytes must not depend on FMA contraction (SPEC 1.6).
+# Strict float32 everywhere: quantizer bytes must not depend on FMA contraction (docs/spec.md §1.6).
 STRICT = ["-O2", "-ffp-contract=off", "-fno-fast-math", "-std=c11"]
 
 

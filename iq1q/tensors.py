@@ -168,7 +168,7 @@ class QuantizedActivations(_Quantized):
 
 
 # The largest |w| any IQ1 block can encode: the fp16 maximum 65504 as scale d, times the
-# largest block multiplier 15 and the largest |grid value + delta| 1.125 (SPEC 6, 7).
+# largest block multiplier 15 and the largest |grid value + delta| 1.125 (docs/spec.md §6.5).
 # Past it the reference quantizer's float sums overflow and it would write zeros.
 MAX_WEIGHT = float(np.finfo(np.float16).max) * 15 * 1.125
 

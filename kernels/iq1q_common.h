@@ -157,7 +157,7 @@ static inline int iq1q_fp16_is_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c
 static inline int iq1q_fp16_is_tiny(uint16_t h) { return (h & 0x7c00u) == 0; }
 
 /* Round half to even, valid for |v| < 2^22; the rounding every IQ1 quantizer
- * and the AVX2/NEON activation quantizers use (SPEC 1.4, 1.5). */
+ * and the AVX2/NEON activation quantizers use (docs/spec.md §1.4, §1.5). */
 static inline int iq1q_nearest_int(float v) { return (int)lrintf(v); }
 
 #endif /* IQ1Q_COMMON_H */

@@ -11,12 +11,12 @@
  * sdot sums 4 columns of 4 rows, and per 16 columns (one half chunk) the sum is
  * multiplied by ls. So per activation block and tile row the exact integer
  *   I = sum_halves ls * sum_k (8u - 8 + s)_k q_k
- * is the one x86.h computes in its two parts (SPEC 7.1); no group sums of the
+ * is the one x86.h computes in its two parts (docs/spec.md §7.1); no group sums of the
  * activations are needed, and y += (d/8) * d_a * I in float. |I| < 2^23.
  *
- * iq1_s_r4 x q8_1 is the historical kernel (SPEC 7.4, 9.7): the operand is 8u
+ * iq1_s_r4 x q8_1 is the historical kernel (docs/spec.md §7.4, §9.7): the operand is 8u
  * alone, and the correction is the stored fp16 s times ls (s - 8) in float, so
- * an infinite s gives the seed's NaNs on ARM too.
+ * an infinite s gives ik_llama.cpp's NaNs before PR #194 on ARM too.
  *
  * Registers: a tile's 8 rows are two int32x4 (rows 0-3, 4-7), so 4 activation
  * rows per pass keep 8 accumulators, 8 operands and 2 ls vectors in 32 registers.

@@ -1,7 +1,7 @@
 /* neon_activations.h: NEON versions of the four activation quantizers (q8_0,
- * q8_1, q8_k, q8_k128; SPEC 5, the AVX2 column) whose output bytes and return
+ * q8_1, q8_k, q8_k128; docs/spec.md §5, the AVX2 column) whose output bytes and return
  * values are identical to ref_activations.h for every input. (ik_llama.cpp's
- * ARM q8_k rounds differently from its x86 one, SPEC 5; ours does not.)
+ * ARM q8_k rounds differently from its x86 one, docs/spec.md §5.4; ours does not.)
  *
  * How bit-identity is kept, as in x86_activations.h:
  *   - amax is the integer max of the |x| bit patterns: for non-negative floats

@@ -1,17 +1,17 @@
 /* ref.h: the portable scalar reference backend (no intrinsics).
  *
  * Every other kernel set is checked against this one. Compiled at baseline
- * flags with -ffp-contract=off so the quantizers are strict float32 (SPEC 1.6).
+ * flags with -ffp-contract=off so the quantizers are strict float32 (docs/spec.md §1.6).
  */
 #ifndef IQ1Q_REF_H
 #define IQ1Q_REF_H
 
 #include "iq1q_common.h"
 #include "iq1q_grid.h"
-#include "ref_quantize.h"     /* weight quantizers (SPEC 8) */
-#include "ref_dequantize.h"   /* weight dequantizers (SPEC 6) */
-#include "ref_activations.h"  /* q8_0, q8_1, q8_k, q8_k128 (SPEC 5) */
-#include "ref_gemm.h"         /* the 16 (weight, activation) kernels (SPEC 7) */
+#include "ref_quantize.h"     /* weight quantizers (docs/spec.md §8) */
+#include "ref_dequantize.h"   /* weight dequantizers (docs/spec.md §6) */
+#include "ref_activations.h"  /* q8_0, q8_1, q8_k, q8_k128 (docs/spec.md §5) */
+#include "ref_gemm.h"         /* the 16 (weight, activation) kernels (docs/spec.md §7) */
 
 /* Indexed by iq1q_format (weights first, then activations). */
 static const iq1q_weight_quantize_fn iq1q_ref_weight_quantizers[IQ1Q_NUM_WEIGHT_FORMATS] = {

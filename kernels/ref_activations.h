@@ -1,4 +1,4 @@
-/* ref_activations.h: the activation quantizers (SPEC 5, the AVX2 column:
+/* ref_activations.h: the activation quantizers (docs/spec.md §5, the AVX2 column:
  * d = amax/127, id = 127/amax, round half to even), their dequantizers, and
  * the fp16 hazard scan that finds blocks whose fp16 fields cannot hold them.
  *
@@ -55,7 +55,7 @@ static inline void iq1q_ref_block_q8_0(const float *x, iq1q_block_q8_0 *b, float
 }
 
 /* s = fp16(d_f32 * sum q) with the unrounded float scale: the field that
- * overflows to +-inf when |sum x| passes ~65504 (SPEC 5.2). */
+ * overflows to +-inf when |sum x| passes ~65504 (docs/spec.md §5.2). */
 static inline void iq1q_ref_block_q8_1(const float *x, iq1q_block_q8_1 *b, float amax) {
     const float d = amax / 127.0f;
     const int sum = iq1q_quantize_q8(x, IQ1Q_BLOCK_Q8_1, amax, b->qs);

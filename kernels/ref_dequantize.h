@@ -1,4 +1,4 @@
-/* ref_dequantize.h: IQ1 weight dequantizers (SPEC 6).
+/* ref_dequantize.h: IQ1 weight dequantizers (docs/spec.md §6).
  *
  * Each weight is (scale * multiplier) * (grid value + shift) in float32, in
  * that order: this is what ik_llama and gguf evaluate, so results are

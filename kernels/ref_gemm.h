@@ -1,5 +1,5 @@
 /* ref_gemm.h: the portable reference GEMM kernels, one per (weight, activation)
- * pair (SPEC 7), plain C without intrinsics.
+ * pair (docs/spec.md §7), plain C without intrinsics.
  *
  *   y[m*ldy + r] = sum_k W[r,k] * X[m,k],  r in [r0, r1), m in [0, M)
  *
@@ -29,11 +29,11 @@
  * iq1q_ref_gemm_impl is force-inlined into 15 thin wrappers, so every pair is
  * specialised; the 16th pair, iq1_s_r4 x q8_1, is the historical kernel.
  *
- * The exception (SPEC 7.4, 9.7): iq1_s_r4 x q8_1 uses q8_1's stored fp16 s:
+ * The exception (docs/spec.md §7.4, §9.7): iq1_s_r4 x q8_1 uses q8_1's stored fp16 s:
  *   y = d_r * sum_k ls_k * (d_y,k * U_k + s_k * (sigma_k - 8) / 8),
  *   U_k = sum_{32} (g+1) q,
  * so an infinite s (|sum x| >~ 65504 over a block) yields +-inf and, with
- * blocks of both signs, NaN in all four rows of the group (SPEC 11.4). No other
+ * blocks of both signs, NaN in all four rows of the group (docs/spec.md §11.4). No other
  * pair reads q8_1's s or q8_k's float sum (nor any bsums: all sums come from d
  * and the quants).
  *
@@ -341,8 +341,8 @@ IQ1Q_REF_GEMM_DEFINE(IQ1_M_R4, iq1_m_r4, Q8_K128, q8_k128)
 
 #undef IQ1Q_REF_GEMM_DEFINE
 
-/* ---- iq1_s_r4 x q8_1: the pre-PR-#194 kernel (SPEC 7.4, 9.7) --------------
- * SPEC: y_r = d_r * sum_k ls_k * (d_y,k * U_k + s_k * (sigma_k - 8) / 8),
+/* ---- iq1_s_r4 x q8_1: the pre-PR-#194 kernel (docs/spec.md §7.4, §9.7) --------------
+ * docs/spec.md §7.4: y_r = d_r * sum_k ls_k * (d_y,k * U_k + s_k * (sigma_k - 8) / 8),
  * U_k = sum_{32} (g+1) q, with q8_1's stored fp16 s_k.
  * Per row and 32-block k, with I_k = sum ls*(8g+sigma)*q (the shared decode),
  * B_k = sum q and f_k = ls*(sigma - 8) (never 0):

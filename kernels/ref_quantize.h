@@ -1,7 +1,7 @@
-/* ref_quantize.h: the IQ1 weight quantizers (SPEC 8), portable C, no intrinsics.
+/* ref_quantize.h: the IQ1 weight quantizers (docs/spec.md §8), portable C, no intrinsics.
  *
  * Byte-exact with ik_llama.cpp built with -ffp-contract=off: every float
- * expression below is evaluated in float32 in the order SPEC 8 writes it, so
+ * expression below is evaluated in float32 in the order docs/spec.md §8 writes it, so
  * this file must be compiled without FMA contraction and without -ffast-math.
  *
  * Re-entrant: the only mutable global state is the neighbour table built once
@@ -11,7 +11,7 @@
  * that includes this header: call init from that same unit.
  *
  * API (all static):
- *   int  iq1q_ref_quantize_init(void);   SPEC 8.1 tables; idempotent; 0 or -1
+ *   int  iq1q_ref_quantize_init(void);   docs/spec.md §8.1 tables; idempotent; 0 or -1
  *                                        (allocation failure). Must have
  *                                        succeeded before any quantizer runs.
  *   void iq1q_ref_quantize_iq1_s   (x, y, nrows, n, imatrix);   n % 256 == 0
@@ -53,7 +53,7 @@
 #endif
 
 /* ======================================================================== */
-/* Neighbour tables (SPEC 8.1)                                              */
+/* Neighbour tables (docs/spec.md §8.1)                                              */
 /* ======================================================================== */
 
 /* Codes 0 .. 0xAAAA + 1: every code the quantizers can form (levels <= 2). */
@@ -182,13 +182,13 @@ static inline uint16_t iq1q_q_get16(const uint8_t *p) {
 static inline float iq1q_q_max(float a, float b) { return a > b ? a : b; }
 static inline int iq1q_q_clamp(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-/* Level tables of SPEC 8.2: P = positive delta, M = negative delta. */
+/* Level tables of docs/spec.md §8.2: P = positive delta, M = negative delta. */
 static const float iq1q_q_P[3] = {-1.0f + IQ1Q_DELTA, IQ1Q_DELTA, 1.0f + IQ1Q_DELTA};
 static const float iq1q_q_M[3] = {-1.0f - IQ1Q_DELTA, -IQ1Q_DELTA, 1.0f - IQ1Q_DELTA};
 
 /* Stable ascending sort of n (16 or 32) values: position i goes to rank
  * #{j : x_j < x_i} + #{j < i : x_j == x_i}, i.e. ties keep their original
- * order, which is the order glibc's (merge sort) qsort gave ik (SPEC 8.7.1).
+ * order, which is the order glibc's (merge sort) qsort gave ik (docs/spec.md §8.7.1).
  * Branch-free and vectorizable, unlike an insertion sort. ord[rank] = i. */
 static inline void iq1q_q_sort(const float *x, int n, int *ord) {
     for (int i = 0; i < n; ++i) {
@@ -199,7 +199,7 @@ static inline void iq1q_q_sort(const float *x, int n, int *ord) {
     }
 }
 
-/* Grid index for the 8 levels L[0..7] (SPEC 8.2 step 6). Off the grid, pick
+/* Grid index for the 8 levels L[0..7] (docs/spec.md §8.2 step 6). Off the grid, pick
  * the listed neighbour with the smallest weighted error (first one on ties)
  * and overwrite L with its levels; *snapped is set. Always returns a valid
  * index: if every error is Inf/NaN the first neighbour is taken. */
@@ -252,7 +252,7 @@ static inline int iq1q_q_snap(uint8_t *L, const float *x, const float *w, float 
 }
 
 /* ======================================================================== */
-/* SPEC 8.2: one block of 32 (IQ1_S, IQ1_S_R4)                              */
+/* docs/spec.md §8.2: one block of 32 (IQ1_S, IQ1_S_R4)                              */
 /* ======================================================================== */
 
 /* Returns the block scale (>= 0); idx[4] grid indices; *shift = +1 / -1. */
@@ -365,7 +365,7 @@ none:
 }
 
 /* ======================================================================== */
-/* SPEC 8.3: one block of 16 = two groups of 8 with their own delta sign    */
+/* docs/spec.md §8.3: one block of 16 = two groups of 8 with their own delta sign    */
 /* ======================================================================== */
 
 /* Returns 1 and sets *scale (>= 0), idx[2], *kk (0..3: (+,+) (+,-) (-,+) (-,-))
@@ -393,7 +393,7 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
     for (int t = 17; t < 20; ++t) SX1[t] = SW1[t] = SX2[t] = SW2[t] = 0.0f;
     const float P0 = iq1q_q_P[0], P2 = iq1q_q_P[2], M0 = iq1q_q_M[0], M2 = iq1q_q_M[2];
     const float V1 = IQ1Q_DELTA;
-    /* i2-only terms: A3/B3 of SPEC 8.3 for both level tables */
+    /* i2-only terms: A3/B3 of docs/spec.md §8.3 for both level tables */
     float a3xP[20], a3xM[20], a3wP[20], a3wM[20], b3xP[20], b3xM[20], b3wP[20], b3wM[20];
     for (int i2 = 0; i2 < 20; ++i2) {
         const float d1x = SX1[16] - SX1[i2], d1w = SW1[16] - SW1[i2];
@@ -502,7 +502,7 @@ static int iq1q_q_block16(const float *x, const float *w, float *scale_out, uint
 static const uint8_t iq1q_q_mmask[4] = {0x00, 0x80, 0x08, 0x88};
 
 /* ======================================================================== */
-/* IQ1_S_R4 (SPEC 8.4)                                                      */
+/* IQ1_S_R4 (docs/spec.md §8.4)                                                      */
 /* ======================================================================== */
 
 /* One row r of 32-block `blk` (24 bytes); writes qs and qh (without the
@@ -585,12 +585,12 @@ IQ1Q_Q_API void iq1q_ref_quantize_iq1_s_r4(const float *x, uint8_t *y, int64_t n
 }
 
 /* ======================================================================== */
-/* IQ1_M_R4 (SPEC 8.5)                                                      */
+/* IQ1_M_R4 (docs/spec.md §8.5)                                                      */
 /* ======================================================================== */
 
 /* One row r of 32-block `blk` (28 bytes): qs, qh; returns the two half scales.
  * shift[0..1] carry the last sign pair of each half across blocks and rows of
- * the group (SPEC 8.7.3): a half with (almost) no energy reuses it. */
+ * the group (docs/spec.md §8.7.3): a half with (almost) no energy reuses it. */
 static void iq1q_q_m_r4_row(const float *xb, const float *im, uint8_t *blk, int r, int shift[2], float s[2]) {
     float sl = 0.0f, sh = 0.0f;
     for (int j = 0; j < 16; ++j) sl += xb[j] * xb[j];
@@ -685,7 +685,7 @@ IQ1Q_Q_API void iq1q_ref_quantize_iq1_m_r4(const float *x, uint8_t *y, int64_t n
 }
 
 /* ======================================================================== */
-/* Plain IQ1_S (SPEC 8.6; ik's quantize_row_iq1_s_impl)                     */
+/* Plain IQ1_S (docs/spec.md §8.6; ik's quantize_row_iq1_s_impl)                     */
 /* ======================================================================== */
 
 /* One 256-block: d f16 @0, qs[32] @2, qh[8] u16 @34. */
@@ -741,7 +741,7 @@ IQ1Q_Q_API void iq1q_ref_quantize_iq1_s(const float *x, uint8_t *y, int64_t nrow
 }
 
 /* ======================================================================== */
-/* Plain IQ1_M (SPEC 8.6; ik's quantize_row_iq1_m_impl)                     */
+/* Plain IQ1_M (docs/spec.md §8.6; ik's quantize_row_iq1_m_impl)                     */
 /* ======================================================================== */
 
 /* Importance of a 16-sub-block: imatrix * sqrt(sigma2 + x^2), or x^2. */

@@ -7,7 +7,7 @@
  * whose decode is a shift and a mask per 32 weights, and whose bytes already
  * sit where an int8 dot-product instruction wants them.
  *
- * Every IQ1 weight, for all four formats, is (SPEC 6, 7)
+ * Every IQ1 weight, for all four formats, is (docs/spec.md §6.5, §7.1)
  *     w = (d / 8) * ls * (8u - 8 + s),   u = g + 1 in {0, 1, 2},  s = +-1,
  * with d per row (_r4) or per 256 columns (plain), an integer multiplier ls
  * per 16 columns (iq1_s: 2l+1 per 32; iq1_m: 2l+1 per 16; iq1_m_r4: 0..15

@@ -12,13 +12,13 @@
  * so all four weight formats share one kernel. Per activation block (32, 128
  * or 256 columns, scale d_a) and tile row r, the exact integer
  *   I = 8 * sum_k (ls*u)_k q_k + sum_g ls_g (s_g - 8) B_g      (B_g = sum of q over group g of 8)
- * equals sum_k ls (8u - 8 + s) q = 8 * sum_k (w_k / (d/8)) q_k (SPEC 7.1, with u = g + 1 unsigned
+ * equals sum_k ls (8u - 8 + s) q = 8 * sum_k (w_k / (d/8)) q_k (docs/spec.md §7.1, with u = g + 1 unsigned
  * as the instructions need), and y += (d/8) * d_a * I in float. ls*u <= 30 fits the unsigned
  * byte operand (and 8*ls*u <= 240 for VNNI, which does not saturate); |I| < 2^23 stays exact.
  *
- * iq1_s_r4 x q8_1 is the historical kernel (SPEC 7.4, 9.7): its correction is
- * the stored fp16 s = d_a * B times ls (s - 8) in float, so an infinite s gives
- * the seed's NaNs. No other pair reads s, q8_k's float sum, or any stored bsum.
+ * iq1_s_r4 x q8_1 is the historical kernel (docs/spec.md §7.4, §9.7): its correction is
+ * the stored fp16 s = d_a * B times ls (s - 8) in float, so an infinite s gives the NaNs
+ * of ik_llama.cpp before PR #194. No other pair reads s, q8_k's float sum, or any stored bsum.
  *
  * Structure (the driver is simd_gemm.h): one 32-bit lane per weight row of a
  * tile, so each activation quad is one broadcast and no horizontal sums are

@@ -1,5 +1,5 @@
 /* x86_activations.h: AVX2 + F16C versions of the four activation quantizers
- * (q8_0, q8_1, q8_k, q8_k128; SPEC 5, the AVX2 column) whose output bytes and
+ * (q8_0, q8_1, q8_k, q8_k128; docs/spec.md §5, the AVX2 column) whose output bytes and
  * return values are identical to ref_activations.h for every input.
  *
  * Arithmetic, as in the reference: amax = max |x| over the block, d = amax/127,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ik_llama.cpp's llama-quantize with its weight quantizers compiled -ffp-contract=off (SPEC 1.6),
+# ik_llama.cpp's llama-quantize with its weight quantizers compiled -ffp-contract=off (docs/spec.md §1.6),
 # next to the regular build that ../shared/ikbench/build-tools.sh makes (~3 min on 2 cores).
 # The tests compare iq1q with it byte for byte; against the regular (FMA-contracted) build
 # they allow the few bytes FMA rounding changes. Output: $IK_ROOT/nofma/llama-quantize.

@@ -1,10 +1,10 @@
-"""An independent float64 evaluation of the iq1q formats, written from SPEC.md.
+"""An independent float64 evaluation of the iq1q formats, written from docs/spec.md.
 
-Pure numpy (plus the ``gguf`` package for the grid, SPEC 3.2). Nothing here
-imports iq1q or mirrors its C code: weights are dequantized per SPEC 6,
-activations are d * q per SPEC 4.1-4.4, and the product is an ordinary
+Pure numpy (plus the ``gguf`` package for the grid, docs/spec.md §3.2). Nothing here
+imports iq1q or mirrors its C code: weights are dequantized per docs/spec.md §6,
+activations are d * q per docs/spec.md §4.1-4.4, and the product is an ordinary
 float64 matrix product. The one exception is iq1_s_r4 x q8_1, which is
-evaluated with the stored fp16 ``s`` as in SPEC 7.4 (the historical kernel).
+evaluated with the stored fp16 ``s`` as in docs/spec.md §7.4 (the historical kernel).
 
 Also: helpers that produce random *valid* bytes for every format.
 """
@@ -16,7 +16,7 @@ import numpy as np
 WEIGHT_FORMATS = ("iq1_s", "iq1_m", "iq1_s_r4", "iq1_m_r4")
 ACTIVATION_FORMATS = ("q8_0", "q8_1", "q8_k", "q8_k128")
 
-# SPEC 4.9: (block size, bytes per block, row meta bytes, rows per group)
+# docs/spec.md §4.9: (block size, bytes per block, row meta bytes, rows per group)
 LAYOUT = {
     "iq1_s": (256, 50, 0, 1),
     "iq1_m": (256, 56, 0, 1),
@@ -47,7 +47,7 @@ def min_k(wfmt: str, afmt: str) -> int:
 
 
 # ---------------------------------------------------------------------------
-# the grid (SPEC 3.2)
+# the grid (docs/spec.md §3.2)
 
 _GRID = None
 
@@ -96,7 +96,7 @@ def _f32(b: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# weights (SPEC 4.5-4.8, 6)
+# weights (docs/spec.md §4.5-4.8, §6)
 
 def _weight_parts(data, fmt: str, shape):
     """Decode to (scale (N, K/32) or per 8, multiplier (N, K/8), grid idx (N, K/8), sign (N, K/8)).
@@ -167,7 +167,7 @@ def _weight_parts(data, fmt: str, shape):
 
 
 def dequantize_weights(data, fmt: str, shape) -> np.ndarray:
-    """float64 (N, K): w = d * multiplier * (G[idx] + sign * 1/8) (SPEC 6)."""
+    """float64 (N, K): w = d * multiplier * (G[idx] + sign * 1/8) (docs/spec.md §6)."""
     N, K = shape
     d8, mult, idx, sign = _weight_parts(data, fmt, shape)
     g = grid()[idx].astype(np.float64)  # (N, K/8, 8)
@@ -176,7 +176,7 @@ def dequantize_weights(data, fmt: str, shape) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# activations (SPEC 4.1-4.4)
+# activations (docs/spec.md §4.1-4.4)
 
 def _act_parts(data, fmt: str, shape):
     """-> (d per block float64 (M, nb), q int64 (M, nb, blk), raw blocks uint8 (M, nb, bytes))."""
@@ -211,7 +211,7 @@ def dequantize_activations(data, fmt: str, shape) -> np.ndarray:
 def matmul_f64(act_bytes, afmt: str, w_bytes, wfmt: str, M: int, N: int, K: int) -> np.ndarray:
     """float64 (M, N) = X @ W.T of the quantized operands.
 
-    iq1_s_r4 x q8_1 is the historical kernel of SPEC 7.4: per row r,
+    iq1_s_r4 x q8_1 is the historical kernel of docs/spec.md §7.4: per row r,
     d_r * sum_k ls_k * (d_k * U_k + s_k * (sigma_k - 8) / 8) with U_k = sum (g+1) q
     over 32-block k and q8_1's stored fp16 s_k (inf in -> inf/NaN out).
     """

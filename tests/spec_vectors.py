@@ -1,8 +1,8 @@
-"""Worked examples of SPEC section 11, built from the SPEC's own numbers (one place for them)."""
+"""Worked examples of docs/spec.md §11, built from the spec's own numbers (one place for them)."""
 
 import numpy as np
 
-# SPEC 11.1: the Q8_K128 block of activation_11_1() (d, bsums[4], q[128])
+# docs/spec.md §11.1: the Q8_K128 block of activation_11_1() (d, bsums[4], q[128])
 Q8_K128_11_1 = bytes.fromhex(
     "552a953d" "4b00" "f2ff" "2300" "eeff"
     "d0eb0722da7f112de5001bd3ef0a26def91530e8031fd7f20e29e1fd18d0eb0722daf6112de5001bd3ef0a26def9"
@@ -11,7 +11,7 @@ Q8_K128_11_1 = bytes.fromhex(
     "f20e29e1fd18d0eb0722daf6112de5001bd3"
 )
 
-# SPEC 11.2: one IQ1_S_R4 group, 4 rows x 128 (header, then per block qs[16] qh[4])
+# docs/spec.md §11.2: one IQ1_S_R4 group, 4 rows x 128 (header, then per block qs[16] qh[4])
 IQ1_S_R4_GROUP = bytes.fromhex(
     "0038003c00340040"
     "05060b101e23282d3b40454a585d6267" "04009294" "2429b6bd"
@@ -21,7 +21,7 @@ IQ1_S_R4_GROUP = bytes.fromhex(
 )
 IQ1_S_R4_EXACT = (36.936270964, -32.903052321, -6.477731524, 524.300215010)
 
-# SPEC 11.3: one IQ1_M_R4 group (header, then per block qs[16] qh[8] scales[4])
+# docs/spec.md §11.3: one IQ1_M_R4 group (header, then per block qs[16] qh[8] scales[4])
 IQ1_M_R4_GROUP = bytes.fromhex(
     "0038003c00340040"
     "03050d9232b73cc161e66bf090159a1f" "0814b34c802933d4" "507192b3"
@@ -31,7 +31,7 @@ IQ1_M_R4_GROUP = bytes.fromhex(
 )
 IQ1_M_R4_EXACT = (53.865774503, -122.271165652, 32.823389424, 225.277566858)
 
-# SPEC 11.4: ik_llama's finite q8_k128 results for activation_11_4() on the 11.2 group
+# docs/spec.md §11.4: ik_llama's finite q8_k128 results for activation_11_4() on the 11.2 group
 IQ1_S_R4_OVERFLOW_K128 = (188188.984, -49763.8008, 78661.4141, -1790236.12)
 
 
@@ -51,6 +51,6 @@ def activation_11_4() -> np.ndarray:
 
 
 def q8_k128_11_4() -> bytes:
-    """SPEC 11.4's q8_k128 block: d = 80000/127, bsums (313, -313, 0, 0), q = 127, 6 x31, -127, -6 x31, 0 x64."""
+    """docs/spec.md §11.4's q8_k128 block: d = 80000/127, bsums (313, -313, 0, 0), q = 127, 6 x31, -127, -6 x31, 0 x64."""
     q = np.array([127] + [6] * 31 + [-127] + [-6] * 31 + [0] * 64, np.int8)
     return bytes.fromhex("f67a1d44") + np.array([313, -313, 0, 0], "<i2").tobytes() + q.tobytes()

@@ -1,4 +1,4 @@
-"""Activation quantizers: SPEC 11.1 / 11.4 bytes, and a numpy model of SPEC 5 (AVX2 column)."""
+"""Activation quantizers: docs/spec.md §11.1, §11.4 bytes, and a numpy model of docs/spec.md §5 (AVX2 column)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import iq1q
 from iq1q import _ref
 from spec_vectors import Q8_K128_11_1, activation_11_1, activation_11_4, q8_k128_11_4
 
-# --- an independent numpy model of SPEC 5: d = amax/127, id = 127/amax, round half to even ---
+# --- an independent numpy model of docs/spec.md §5: d = amax/127, id = 127/amax, round half to even ---
 
 def _blocks(x, qk):
     xb = x.astype(np.float32).reshape(-1, qk)
@@ -55,7 +55,7 @@ def test_spec_11_4_q8_1_overflows_to_inf():
 
 def test_spec_11_4_q8_k128_block():
     data = iq1q.quantize_activations(activation_11_4(), "q8_k128").tobytes()
-    assert data[:12] == bytes.fromhex("f67a1d443901c7fe00000000")  # as SPEC prints the header
+    assert data[:12] == bytes.fromhex("f67a1d443901c7fe00000000")  # as docs/spec.md §11.4 prints the header
     assert data == q8_k128_11_4()
 
 

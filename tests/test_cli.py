@@ -14,7 +14,7 @@ def test_info(capsys):
     assert re.search(r"^q8_k128\s+150\s+128\s+140", out, re.M)
 
 
-def test_demo_shows_the_seed_failure(capsys):
+def test_demo_shows_the_pre_pr194_failure(capsys):
     assert main(["demo", "--rows", "64", "--cols", "256", "--batch", "3"]) == 0
     out = capsys.readouterr().out
     rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines()

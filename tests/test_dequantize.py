@@ -1,4 +1,4 @@
-"""Weight dequantizers: bit-exact against gguf (plain formats) and SPEC 11.2 / 11.3 (_r4)."""
+"""Weight dequantizers: bit-exact against gguf (plain formats) and docs/spec.md §11.2, §11.3 (_r4)."""
 
 import gguf
 import numpy as np

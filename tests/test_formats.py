@@ -1,11 +1,11 @@
-"""Format facts against SPEC section 2/4 and gguf's own table."""
+"""Format facts against docs/spec.md §2 and §4 and gguf's own table."""
 
 import gguf
 import pytest
 
 import iq1q
 
-# (ggml type, block, bytes per block, row meta, rows per group) as SPEC 2 and 4.9 state them
+# (ggml type, block, bytes per block, row meta, rows per group) as docs/spec.md §2 and §4.9 state them
 SPEC = {
     "iq1_s": (19, 256, 50, 0, 1),
     "iq1_m": (29, 256, 56, 0, 1),

@@ -23,7 +23,7 @@ DOCUMENTED = (ValueError, TypeError, OverflowError)
 # overflow the kernels' float32 products: equal infinities, and numpy warns about them
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                                         "ignore:invalid value encountered:RuntimeWarning")
-TOL = 1e-5  # relative to the largest |output| (DESIGN.md, Numerics)
+TOL = 1e-5  # relative to the largest |output| (docs/spec.md §7.6)
 SUBNORMAL_ERROR = 64 * float(np.finfo(np.float32).tiny)
 BACKENDS = [b.name for b in iq1q.backends() if b.available]
 # hypothesis draws the backends too: one test covers them all, and no case is drawn per backend

@@ -9,7 +9,7 @@ gguf = pytest.importorskip("gguf")
 
 import iq1q  # noqa: E402
 from iq1q import gguf_io  # noqa: E402
-from oracle import row_size  # noqa: E402  (SPEC 4.9, written from the spec)
+from oracle import row_size  # noqa: E402  (docs/spec.md §4.9, written from the spec)
 
 from gguf import GGMLQuantizationType as T, GGUFReader, GGUFValueType as V  # noqa: E402
 from gguf_models import add  # noqa: E402
@@ -95,7 +95,7 @@ def test_plain_iq1_files_dequantize_in_gguf_to_iq1q_values(tmp_path, rng):
 
 
 def test_r4_file_layout_follows_spec_4_10(tmp_path, rng):
-    """Offsets and sizes from SPEC 4.9/4.10's row sizes (the test oracle's table), checked on
+    """Offsets and sizes from docs/spec.md §4.9/§4.10's row sizes (the test oracle's table), checked on
     the file's bytes; the gguf package cannot read this file at all."""
     ws = {"a": (rng.standard_normal((8, 640)), "iq1_s_r4"), "b": (rng.standard_normal((12, 96)), "iq1_m_r4"),
           "n": (None, None), "c": (rng.standard_normal((4, 256)), "iq1_s"),

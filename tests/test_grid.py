@@ -19,7 +19,7 @@ def test_committed_header_matches_generator():
 
 
 def test_grid_facts_from_spec():
-    # SPEC 3.3: entry 1029 is the only zero vector, 0 is all -1, 2047 all +1, and the histogram
+    # docs/spec.md §3.3: entry 1029 is the only zero vector, 0 is all -1, 2047 all +1, and the histogram
     lv = _generator().levels(_generator().grid_codes()).astype(int) - 1
     zero = np.flatnonzero(~lv.any(axis=1))
     assert zero.tolist() == [1029]

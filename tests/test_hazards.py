@@ -64,7 +64,7 @@ def test_matmul_raises_by_default(w_11_2):
         iq1q.matmul(activation_11_4(), w_11_2, activation="q8_1")
 
 
-def test_matmul_warns_and_returns_the_seed_nans(w_11_2):
+def test_matmul_warns_and_returns_the_pre_pr194_nans(w_11_2):
     with pytest.warns(iq1q.Fp16OverflowWarning, match="q8_1"):
         y = iq1q.matmul(activation_11_4(), w_11_2, activation="q8_1", overflow="warn")
     assert np.isnan(y).all()

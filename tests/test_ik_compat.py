@@ -2,7 +2,7 @@
 ik's tools are not built: ../shared/ikbench/build-tools.sh, tests/ik_nofma_quantize.sh).
 
 ik's regular build lets GCC contract multiply-adds into FMA, which moves a few
-quantizer decisions (SPEC 1.6); iq1q follows strict float32, i.e. ik built
+quantizer decisions (docs/spec.md §1.6); iq1q follows strict float32, i.e. ik built
 -ffp-contract=off, and must equal that build byte for byte, file for file. Against
 the regular build only those few bytes may differ. Each ik run spends ~15 s building
 its grid tables, so there is one run per format."""

@@ -2,9 +2,9 @@
 iq1q.matmul(backend=...); a backend this CPU cannot run is skipped.
 
 Every (weight, activation) pair is checked on random valid bytes against the
-independent float64 oracle (tests/oracle.py, written from SPEC.md), and the
-SPEC 11 worked examples are checked against SPEC's numbers. The oracle itself
-is checked against SPEC 11 and against gguf's dequantizers first.
+independent float64 oracle (tests/oracle.py, written from docs/spec.md), and the
+docs/spec.md §11 worked examples are checked against the spec's numbers. The oracle itself
+is checked against docs/spec.md §11 and against gguf's dequantizers first.
 """
 
 import itertools
@@ -19,7 +19,7 @@ from spec_vectors import (IQ1_M_R4_EXACT, IQ1_M_R4_GROUP, IQ1_S_R4_EXACT, IQ1_S_
                           q8_k128_11_4)
 
 PAIRS = list(itertools.product(oracle.WEIGHT_FORMATS, oracle.ACTIVATION_FORMATS))
-TOL = 1e-5  # relative to the largest |output| (DESIGN.md, Numerics)
+TOL = 1e-5  # relative to the largest |output| (docs/spec.md §7.6)
 
 
 def _pair_id(pair):
@@ -43,7 +43,7 @@ def _assert_close(y, want, tol=TOL):
 
 
 # ---------------------------------------------------------------------------
-# the oracle against SPEC and gguf (so the kernel tests below mean something)
+# the oracle against docs/spec.md and gguf (so the kernel tests below mean something)
 
 def test_oracle_grid_matches_spec_facts():
     g = oracle.grid()
@@ -167,7 +167,7 @@ def test_q8_k_float_sum_is_not_read(wfmt, backend):
 
 
 # ---------------------------------------------------------------------------
-# SPEC 11 worked examples
+# docs/spec.md §11 worked examples
 
 SPEC_11_1 = Q8_K128_11_1
 
@@ -189,8 +189,8 @@ def test_spec_11_groups(group, wfmt, exact, backend):
 
 
 def _q8_1_blocks_11_4() -> bytes:
-    """SPEC 11.4's q8_1 encoding of its activation, built from the description:
-    blocks 0 and 1 as SPEC gives them (s = +-inf), blocks 2 and 3 a valid
+    """docs/spec.md §11.4's q8_1 encoding of its activation, built from the description:
+    blocks 0 and 1 as the spec gives them (s = +-inf), blocks 2 and 3 a valid
     encoding of x_64..127 (d = fp16(amax/127), q = rint(x*127/amax), s = fp16(d*sum q))."""
     b0 = bytes.fromhex("ec60007c") + bytes([0x7F] + [0x06] * 31)
     b1 = bytes.fromhex("ec6000fc") + bytes([0x81] + [0xFA] * 31)
@@ -211,7 +211,7 @@ def test_spec_11_4_q8_1_gives_nan_in_all_rows(backend):
     y = _run(_q8_1_blocks_11_4(), "q8_1", w, "iq1_s_r4", 1, 4, 128, backend=backend)
     assert np.isnan(y).all(), y
     assert np.isnan(oracle.matmul_f64(_q8_1_blocks_11_4(), "q8_1", w, "iq1_s_r4", 1, 4, 128)).all()
-    # the same with iq1q's own q8_1 quantization of the SPEC 11.4 activation
+    # the same with iq1q's own q8_1 quantization of the docs/spec.md §11.4 activation
     qa = iq1q.quantize_activations(activation_11_4()[None, :], "q8_1")
     qw = iq1q.QuantizedTensor.from_bytes(w, "iq1_s_r4", (4, 128))
     y2 = iq1q.matmul(qa, qw, backend=backend, overflow="ignore")

@@ -97,7 +97,7 @@ def test_perplexity_cli_json(tiny, tmp_path, llama_compatible):
 
 def test_perplexity_counts_fp16_overflow_of_q8_1(tmp_path):
     """The attention norm's weight scaled so that blocks of 32 inputs of attn_q/k/v sum past
-    65504: q8_1 reports overflowing blocks, q8_k128 none, and iq1_s_r4 x q8_1 (the seed's
+    65504: q8_1 reports overflowing blocks, q8_k128 none, and iq1_s_r4 x q8_1 (the pre-PR-#194
     kernel reading s) turns the logits into NaN."""
     path = tmp_path / "big.gguf"
     tiny_models.tiny_llama(path, n_layer=1)

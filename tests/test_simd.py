@@ -17,7 +17,7 @@ import pytest
 import iq1q
 
 PAIRS = list(itertools.product(iq1q.WEIGHT_FORMATS, iq1q.ACTIVATION_FORMATS))
-TOL = 1e-5  # relative to the largest |output| (DESIGN.md, Numerics)
+TOL = 1e-5  # relative to the largest |output| (docs/spec.md §7.6)
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_activation_nan_row_is_named(fmt, simd, rng):
 
 
 def test_q8_1_overflow_nans_reproduce(simd, rng):
-    """SPEC 11.4 on a whole matrix: the historical kernel turns the rows with an
+    """docs/spec.md §11.4 on a whole matrix: the historical kernel turns the rows with an
     overflowing block into NaN, on the SIMD backends as on the reference."""
     W = iq1q.quantize(rng.standard_normal((16, 256)).astype(np.float32), "iq1_s_r4")
     x = rng.standard_normal((3, 256)).astype(np.float32)

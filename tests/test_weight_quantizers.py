@@ -1,4 +1,4 @@
-"""The weight quantizers (SPEC 8): the SPEC 11.5 byte vectors, the inputs that
+"""The weight quantizers (docs/spec.md §8): the §11.5 byte vectors, the inputs that
 crashed ik_llama (ik issues #367/#368/#371), and round-trip accuracy."""
 
 import hashlib
@@ -11,7 +11,7 @@ import iq1q
 FORMATS = ["iq1_s", "iq1_m", "iq1_s_r4", "iq1_m_r4"]
 
 
-# ---- SPEC 11.5 ---------------------------------------------------------------------------------
+# ---- docs/spec.md §11.5 ---------------------------------------------------------------------------------
 
 def input_a():
     """8 x 256, x = (((131 r + 71 j) mod 257) - 128) / 64 (exact in float32), two zero patches."""
@@ -128,7 +128,7 @@ def test_imatrix_zero_where_weights_are_not(rng, fmt):
     err = np.linalg.norm(d - w) / np.linalg.norm(w)
     assert err < 0.7, err
     if fmt != "iq1_m":
-        # Rows the imatrix cannot see are quantized as without imatrix (SPEC 8.4/8.5
+        # Rows the imatrix cannot see are quantized as without imatrix (docs/spec.md §8.4, §8.5
         # fallback; for iq1_s ik aborts, we fall back too). Plain iq1_m differs: its
         # super-block refit keeps using the (zero) imatrix weights, as in ik.
         plain = _roundtrip(w, fmt)
@@ -137,7 +137,7 @@ def test_imatrix_zero_where_weights_are_not(rng, fmt):
 
 @pytest.mark.parametrize("fmt", ["iq1_s", "iq1_s_r4", "iq1_m_r4"])
 def test_no_imatrix_is_unit_importance(rng, fmt):
-    # SPEC 8.4/8.5/8.6: without imatrix these formats weight by sqrt(sigma^2 + x^2),
+    # docs/spec.md §8.4-8.6: without imatrix these formats weight by sqrt(sigma^2 + x^2),
     # i.e. exactly what an all-ones imatrix gives (plain iq1_m uses x^2 instead).
     w = rng.standard_normal((8, 512)).astype(np.float32)
     ones = np.ones(512, np.float32)

@@ -1,4 +1,4 @@
-"""Generate kernels/iq1q_grid.h from the gguf package's IQ1_S grid (SPEC 3.2, 3.4).
+"""Generate kernels/iq1q_grid.h from the gguf package's IQ1_S grid (docs/spec.md §3.2, §3.4).
 
     python tools/gen_grid.py            # rewrite the header
     python tools/gen_grid.py --check    # exit 1 if the committed header differs

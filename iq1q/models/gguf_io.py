@@ -40,11 +40,11 @@ from ..tensors import QuantizedTensor
 # ggml type id -> iq1q weight format (19, 29 and ik_llama.cpp's 219, 229; ids from formats.py)
 IQ1_TYPES: dict[int, Format] = {format_info(n).ggml_type: format_info(n) for n in WEIGHT_FORMATS}
 _GGUF_TYPE_IDS = frozenset(int(t) for t in GGMLQuantizationType)
-# types the gguf package cannot name: sized here (SPEC 4.10), everything else by GGML_QUANT_SIZES
+# types the gguf package cannot name: sized here (docs/spec.md §4.10), everything else by GGML_QUANT_SIZES
 _OWN_TYPES = {t: f for t, f in IQ1_TYPES.items() if t not in _GGUF_TYPE_IDS}
 
 # general.file_type (llama_ftype) of a model whose block weights are of one IQ1 format;
-# the _r4 values are ik_llama.cpp's (SPEC 2), which the gguf package does not list
+# the _r4 values are ik_llama.cpp's (docs/spec.md §2), which the gguf package does not list
 FILE_TYPES: dict[str, int] = {
     "iq1_s": int(gguf.LlamaFileType.MOSTLY_IQ1_S),
     "iq1_m": int(gguf.LlamaFileType.MOSTLY_IQ1_M),

@@ -170,7 +170,7 @@ class Linear:
         if self.quantized:
             if not np.isfinite(x).all():  # NaN from an earlier layer: propagate it, as ggml does
                 return np.full((x.shape[0], self.shape[0]), np.nan, np.float32)
-            # overflow="ignore": a perplexity run must show what the kernels do (the seed's NaNs)
+            # overflow="ignore": a perplexity run must show what the kernels do (the NaNs of ik_llama.cpp before PR #194)
             return matmul(x, self.weight, activation=activation, threads=threads, overflow="ignore")
         return x @ self.weight.T
 
@@ -265,7 +265,7 @@ class Model:
 
     def hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The final normed hidden states (T, n_embd) of tokens at positions 0..T-1."""
-        with np.errstate(invalid="ignore"):  # NaN (the seed's q8_1 kernel) runs through to the NLL
+        with np.errstate(invalid="ignore"):  # NaN (the pre-PR-#194 iq1_s_r4 x q8_1 kernel) runs through to the NLL
             return self._hidden(tokens, hook)
 
     def _hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None) -> np.ndarray:

@@ -305,7 +305,7 @@ static void run_fixed(void) {
     x[5] = iq1q_bits_to_f32(1);
     x[300] = -iq1q_bits_to_f32(1);
     compare(x, 4, N, "min subnormal");
-    /* SPEC 5.2: sum of 32 values over 65504 */
+    /* docs/spec.md §5.2: sum of 32 values over 65504 */
     for (int j = 0; j < 4 * N; ++j) x[j] = (j < 2 * N) ? 2047.5f : -2047.5f;
     compare(x, 4, N, "q8_1 s overflow");
 }

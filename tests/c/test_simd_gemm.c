@@ -66,7 +66,7 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
         scale = fmax(scale, fabs((double)want[i]));
         err = fmax(err, fabs((double)got[i] - (double)want[i]));
     }
-    ok = ok && err <= 1e-5 * scale; /* DESIGN.md, Numerics */
+    ok = ok && err <= 1e-5 * scale; /* docs/spec.md §7.6 */
     if (!ok)
         printf("FAILED %s x %s, N=%lld M=%lld K=%lld: max error %.3g of %.3g\n", wi->name, ai->name,
                (long long)N, (long long)M, (long long)K, err, scale);
