@@ -94,6 +94,5 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
         rows, a = x2.shape[0], _quantize(x2, afmt, route.quantize, nthreads)
     y = np.empty((rows, N), dtype=np.float32)
     if y.size:  # an empty product is not the kernels' business
-        w = W._packed_for(route.packer, nthreads) if route.packer else W.data
-        route.kernel(w, a, y, K, nthreads)  # the native side splits the work
+        route.kernel(W.data, a, y, K, nthreads)  # the native side splits the work
     return y[0] if vector else y

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from . import plugins
-from .backend import ALL_PAIRS, ActivationQuantizer, BackendInfo, GemmKernel, WeightPacker
+from .backend import ALL_PAIRS, ActivationQuantizer, BackendInfo, GemmKernel
 from .formats import Format, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
@@ -59,12 +59,11 @@ def _search_order(name: str | None) -> list[BackendInfo]:
 
 @dataclass(frozen=True)
 class Route:
-    """What serves a format pair: the backend's name, its kernel, its packer when
-    it repacks weights of this format, and the activation quantizer to use."""
+    """What serves a format pair: the backend's name, its kernel, and the activation
+    quantizer to use."""
 
     backend: str
     kernel: GemmKernel
-    packer: WeightPacker | None
     quantize: ActivationQuantizer
 
 
@@ -86,8 +85,7 @@ def route(weight: str | Format, activation: str | Format, backend: str | None = 
         pair = (weight_format(weight).name, activation_format(activation).name)
         for b in _search_order(backend):
             if pair in b.backend.kernels:
-                found = Route(b.name, b.backend.kernels[pair], b.backend.weight_packers.get(pair[0]),
-                              activation_quantizer(pair[1], backend)[1])
+                found = Route(b.name, b.backend.kernels[pair], activation_quantizer(pair[1], backend)[1])
                 break
         else:
             raise LookupError(f"no available backend serves {pair[0]} x {pair[1]}")

@@ -76,20 +76,8 @@ class _Quantized:
 class QuantizedTensor(_Quantized):
     """A weight matrix of shape (N, K) in one of the IQ1 formats."""
 
-    # _packed: weight packer -> what it made of these bytes (a backend's layout), built on first use
-    __slots__ = ("_packed",)
-
-    def __init__(self, fmt: Format, rows: int, n: int, data: np.ndarray):
-        super().__init__(fmt, rows, n, data)
-        self._packed: dict = {}
-
-    def _packed_for(self, packer, threads: int) -> np.ndarray:
-        """The weights as a backend's packer lays them out: made once, then kept
-        with the tensor (the ggml bytes in .data stay as they are)."""
-        w = self._packed.get(packer)
-        if w is None:
-            w = self._packed[packer] = packer(self._format.id, self._data, self._rows, self._n, threads)
-        return w
+    # the ggml bytes are all a tensor holds: no backend keeps anything with it
+    __slots__ = ()
 
     @property
     def shape(self) -> tuple[int, int]:

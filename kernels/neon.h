@@ -5,7 +5,7 @@
  * ARMv8.0 NEON, e.g. Cortex-A72/A53, where the same step is made of widening
  * multiplies and pairwise adds, exactly). The driver is simd_gemm.h.
  *
- * Weights are read in the tile layout of tiles.h. sdot multiplies signed bytes,
+ * Weights are read in the tile layout of tiles.h, decoded as the work goes. sdot multiplies signed bytes,
  * so unlike x86's unsigned maddubs it can take each weight's integer value
  * itself: the operand byte is 8u - 8 + s in [-9, 9] (u, s of tiles.h), one
  * sdot sums 4 columns of 4 rows, and per 16 columns (one half chunk) the sum is
@@ -83,7 +83,6 @@ IQ1Q_NEON_INLINE int32x4_t iq1q_neon_ls(const uint8_t *tile, const iq1q_tile_lay
 IQ1Q_NEON_INLINE void iq1q_neon_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
                                          int h, iq1q_simd_half *o, const int HIST) {
     const uint8_t *codes = tile + c * IQ1Q_TILE_CODES + 32 * h;
-    if (h == 0) __builtin_prefetch(tile + 2 * L->bytes + c * IQ1Q_TILE_CODES); /* the tile after next */
     const uint8x16_t mask = vdupq_n_u8(3 << 3);
     for (int j = 0; j < 2; ++j) {
         const uint8x16_t raw = vld1q_u8(codes + 16 * j);
@@ -164,6 +163,12 @@ IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const uint8_t *t
 }
 
 IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_neon_rows)
+
+/* table lookups per group of 8, as the portable decode does them (NEON has no gather) */
+static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t, int64_t c0,
+                             int64_t c1, const iq1q_tile_layout *L, uint8_t *tile) {
+    iq1q_tile_decode_portable(wfmt, w, N, K, t, c0, c1, L, tile);
+}
 
 static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
                              int64_t c, int h, int hist, iq1q_simd_half *o) {

@@ -1,7 +1,8 @@
 /* simd_gemm.h: the GEMM driver every SIMD kernel set shares (x86.h, neon.h):
- * the activation data a kernel reads besides the quants, the split of the work
- * over the worker pool, and the choice between the fused (few activation rows)
- * and the expanded (many rows) path. Only the integer steps are per ISA.
+ * the activation data a kernel reads besides the quants, the decode of the
+ * weights' ggml bytes into tiles (tiles.h) as the work goes, the split of the
+ * work over the worker pool, and the choice between the fused (few activation
+ * rows) and the expanded (many rows) path. Only the integer steps are per ISA.
  *
  * The including header defines, before including this one,
  *   IQ1Q_SIMD_NM          activation rows per pass (a macro: the ISA code instantiates per count)
@@ -11,17 +12,20 @@
  *   IQ1Q_SIMD_PAIR        1 when its kernels run two tiles (16 weight rows) per pass
  *   iq1q_simd_half        the expanded operands of one half chunk (16 columns of a tile's
  *                         8 rows, or of both tiles of a pair)
- * and, after it, the two functions declared below.
+ * and, after it, the three functions declared below.
  *
  * The work: tiles of 8 weight rows are dealt over the threads; the activation
  * rows go in blocks of IQ1Q_SIMD_MC, each over all of a task's tiles in turn, so
  * that a block's quants stay in L2 while the weights stream past (tiles outer:
- * Zen 5, AVX-512, hot, 4096 x 4096, M = 256: 7 % slower). With at most IQ1Q_SIMD_NM of
- * them the kernel makes each operand where it is used (the GEMV path); with
- * more, a chunk of up to IQ1Q_SIMD_KCH * 32 columns of a tile (or of a pair of
- * tiles, IQ1Q_SIMD_PAIR, on both paths) is expanded once into an L1-sized scratch
- * and every activation row runs over it (the GEMM path). The
- * path is chosen once per call, by M, so a call prepares only what its path reads.
+ * Zen 5, AVX-512, hot, 4096 x 4096, M = 256: 7 % slower). A tile is decoded from
+ * the ggml bytes a panel of IQ1Q_SIMD_KCH * 32 columns at a time into the task's
+ * scratch, and used there at once: the weights are read in their own bytes, once
+ * per block of activation rows, and nothing is kept after the call. With at most
+ * IQ1Q_SIMD_NM activation rows the kernel makes each operand where it is used
+ * (the GEMV path); with more, a panel of a tile (or of a pair of tiles,
+ * IQ1Q_SIMD_PAIR, on both paths) is expanded once into an L1-sized scratch and
+ * every activation row runs over it (the GEMM path). The path is chosen once per
+ * call, by M, so a call prepares only what its path reads.
  * Results do not depend on the thread count or on the path: every output is
  * the same exact integer per activation block and the same float steps.
  */
@@ -35,7 +39,8 @@
 #include "tiles.h"
 
 enum {
-    /* chunks of 32 columns expanded at a time: 10-12 KiB of scratch, whole q8_k blocks */
+    /* chunks of 32 columns decoded, and expanded, at a time: 10-12 KiB of operands,
+     * whole q8_k blocks and whole spans of a tile's d */
     IQ1Q_SIMD_KCH = IQ1Q_SIMD_PAIR ? 16 : 32,
     /* activation rows per expansion: 512 KiB of quants at K = 4096, which fit L2 (against
      * 64 or 256 rows: 2-4 % faster at M = 256, near the noise) */
@@ -108,6 +113,11 @@ static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
 
 /* ---- what the ISA header defines ---------------------------------------------- */
 
+/* Chunks [c0, c1) of tile t of an N x K weight tensor (ggml bytes w, weight format
+ * wfmt) into `tile` (tiles.h: the ISA's own decode, or iq1q_tile_decode_portable). */
+static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t, int64_t c0,
+                             int64_t c1, const iq1q_tile_layout *L, uint8_t *tile);
+
 /* Operands of half h of chunk c of a tile (and of tile2, the pair's second tile, or
  * NULL when the pass runs one tile), expanded once for many activation rows (hist:
  * for the historical kernel). */
@@ -158,11 +168,13 @@ static inline void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uin
 /* ---- the GEMM ----------------------------------------------------------------- */
 
 typedef struct {
-    const uint8_t *packed;
+    const uint8_t *w; /* the ggml bytes */
+    int wfmt;
     iq1q_tile_layout L;
     int64_t N, M, ntiles, tiles_per_task;
     int fused; /* the path, by M: operands made where they are used, or expanded */
     int pair;  /* two tiles per pass (IQ1Q_SIMD_PAIR), unless M <= 2 */
+    uint8_t *scratch; /* per task, 2 * L.bytes: the tiles being decoded */
     float *y; /* (M, N) row-major */
     iq1q_simd_acts A;
 } iq1q_simd_job;
@@ -170,9 +182,11 @@ typedef struct {
 static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
     const iq1q_simd_job *J = (const iq1q_simd_job *)ctx;
     const iq1q_simd_acts *A = &J->A;
+    const iq1q_tile_layout *L = &J->L;
     const int hist = A->s != NULL;
     iq1q_simd_half ops[2 * IQ1Q_SIMD_KCH];
     float fbuf[IQ1Q_SIMD_MC * 2 * IQ1Q_TILE_ROWS];
+    uint8_t *tile = J->scratch + (size_t)task * 2 * L->bytes;
     /* tiles per step: a pair where the job runs pairs. An odd last tile is paired with
      * itself, and its copy is not written out. */
     const int pair = J->pair, width = (pair ? 2 : 1) * IQ1Q_TILE_ROWS;
@@ -181,25 +195,25 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
     for (int64_t m0 = 0; m0 < J->M; m0 += IQ1Q_SIMD_MC) {
         const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
         for (int64_t t = t0; t < t1; t += pair ? 2 : 1) {
-            const uint8_t *tile = J->packed + (size_t)t * J->L.bytes;
-            const uint8_t *tile2 = !pair ? NULL : t + 1 < t1 ? tile + J->L.bytes : tile;
+            const int two = pair && t + 1 < t1;
+            uint8_t *tile2 = !pair ? NULL : two ? tile + L->bytes : tile;
             memset(fbuf, 0, sizeof(float) * (size_t)width * (size_t)mc);
-            if (J->fused) { /* one pass: make each operand where it is used */
-                iq1q_simd_rows_n((int)mc, ops, tile, tile2, &J->L, A, m0, 0, J->L.nchunks, fbuf, hist, 1);
-            } else { /* expand a chunk of columns once, then run every row over it */
-                for (int64_t c0 = 0; c0 < J->L.nchunks; c0 += IQ1Q_SIMD_KCH) {
-                    const int64_t c1 = c0 + IQ1Q_SIMD_KCH < J->L.nchunks ? c0 + IQ1Q_SIMD_KCH : J->L.nchunks;
-                    for (int64_t c = c0; c < c1; ++c)
-                        for (int h = 0; h < 2; ++h)
-                            iq1q_simd_expand(tile, tile2, &J->L, c, h, hist, ops + 2 * (c - c0) + h);
-                    for (int64_t m = 0; m < mc; m += IQ1Q_SIMD_NM) {
-                        const int nm = mc - m < IQ1Q_SIMD_NM ? (int)(mc - m) : IQ1Q_SIMD_NM;
-                        iq1q_simd_rows_n(nm, ops, tile, tile2, &J->L, A, m0 + m, c0, c1, fbuf + width * m,
-                                         hist, 0);
-                    }
+            for (int64_t c0 = 0; c0 < L->nchunks; c0 += IQ1Q_SIMD_KCH) {
+                const int64_t c1 = c0 + IQ1Q_SIMD_KCH < L->nchunks ? c0 + IQ1Q_SIMD_KCH : L->nchunks;
+                iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t, c0, c1, L, tile);
+                if (two) iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t + 1, c0, c1, L, tile2);
+                if (J->fused) { /* make each operand where it is used */
+                    iq1q_simd_rows_n((int)mc, ops, tile, tile2, L, A, m0, c0, c1, fbuf, hist, 1);
+                    continue;
+                } /* expand the panel once, then run every row over it */
+                for (int64_t c = c0; c < c1; ++c)
+                    for (int h = 0; h < 2; ++h) iq1q_simd_expand(tile, tile2, L, c, h, hist, ops + 2 * (c - c0) + h);
+                for (int64_t m = 0; m < mc; m += IQ1Q_SIMD_NM) {
+                    const int nm = mc - m < IQ1Q_SIMD_NM ? (int)(mc - m) : IQ1Q_SIMD_NM;
+                    iq1q_simd_rows_n(nm, ops, tile, tile2, L, A, m0 + m, c0, c1, fbuf + width * m, hist, 0);
                 }
             }
-            for (int k = 0; k < (pair ? 2 : 1) && (k == 0 || tile2 != tile); ++k) {
+            for (int k = 0; k < (two ? 2 : 1); ++k) {
                 const int64_t row0 = (t + k) * IQ1Q_TILE_ROWS;
                 const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
                 /* a whole tile's copy has a constant size, so it is inlined: a libc call per
@@ -234,13 +248,14 @@ static inline int64_t iq1q_simd_tasks(int64_t n, int nthreads, int64_t min_units
     return t < 1 ? 1 : t;
 }
 
-/* y (M x N) = X @ W.T for tiles `packed` of an N x K weight tensor and
- * activations a (M rows of format afmt); hist: the historical iq1_s_r4 x q8_1
+/* y (M x N) = X @ W.T for an N x K weight tensor w (ggml bytes of weight format wfmt)
+ * and activations a (M rows of format afmt); hist: the historical iq1_s_r4 x q8_1
  * kernel. Returns 0, or -1 when out of memory. */
-static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, int64_t K,
+static int iq1q_simd_gemm(int wfmt, int afmt, int hist, const uint8_t *w, int64_t N, int64_t K,
                           const uint8_t *a, int64_t M, float *y, int nthreads, iq1q_pool_run_fn run) {
     iq1q_simd_job J;
-    J.packed = packed;
+    J.w = w;
+    J.wfmt = wfmt;
     J.L = iq1q_tile_layout_for(K);
     J.N = N;
     J.M = M;
@@ -279,7 +294,15 @@ static int iq1q_simd_gemm(int afmt, int hist, const uint8_t *packed, int64_t N, 
     const int64_t ntasks = iq1q_simd_tasks(J.ntiles, nthreads, min_tiles);
     J.tiles_per_task = (J.ntiles + ntasks - 1) / ntasks;
     if (J.pair) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
-    run(iq1q_simd_gemm_task, &J, (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task, nthreads);
+    const int64_t njobs = (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task;
+    /* two tiles per task, each touched a panel at a time (tile bytes are 64-byte multiples) */
+    J.scratch = aligned_alloc(64, (size_t)njobs * 2 * J.L.bytes);
+    if (!J.scratch) {
+        free(scratch);
+        return -1;
+    }
+    run(iq1q_simd_gemm_task, &J, njobs, nthreads);
+    free(J.scratch);
     free(scratch);
     return 0;
 }

@@ -1,11 +1,13 @@
-/* tiles.h: the weight layout the SIMD kernels read, and the one-time repack
- * of every IQ1 weight format into it (portable C, no intrinsics).
+/* tiles.h: the operand layout the SIMD kernels read, and its decode from the
+ * ggml bytes of every IQ1 weight format.
  *
- * Why a second layout: ggml's bytes store an 11-bit grid index per 8 weights,
- * so a kernel spends a table lookup and several shuffles per 8 weights; that,
- * not memory, bounds a GEMV. A repack trades a little memory for a layout
- * whose decode is a shift and a mask per 32 weights, and whose bytes already
- * sit where an int8 dot-product instruction wants them.
+ * Weights stay in their ggml bytes: nothing is kept beside them. Each call
+ * decodes the 8-row tiles it works on, a panel of columns at a time, into a
+ * small scratch of its own (simd_gemm.h), where the operands are a shift and a
+ * mask per 32 weights away and already sit where an int8 dot-product
+ * instruction wants them. The decode is one table lookup per 8 weights (a
+ * grid index is 11 bits; iq1q_grid_tile gives its 8 levels in the tile's bit
+ * order), so one stream of the format's own bytes feeds every kernel.
  *
  * Every IQ1 weight, for all four formats, is (docs/spec.md §6.5, §7.1)
  *     w = (d / 8) * ls * (8u - 8 + s),   u = g + 1 in {0, 1, 2},  s = +-1,
@@ -25,8 +27,9 @@
  *   sneg[chunk][half]: uint16, bit 2r + i set when s = -1 for row r, columns
  *       16h + 8i .. 16h + 8i + 7.
  *   d[span][8]: float d / 8 of row r (exact: d is a float16).
- * Memory: 76 bytes per 8 x 32 weights plus 32 per 8 x 256, 2.5 bits per
- * weight (ggml: 1.5 to 1.75).
+ * A tile takes 76 bytes per 8 x 32 weights plus 32 per 8 x 256 (2.5 bits per
+ * weight); the scratch holds one tile (two for a pair) and a panel of it is in
+ * use at a time, so it stays in L1 while the weights stream past.
  */
 #ifndef IQ1Q_TILES_H
 #define IQ1Q_TILES_H
@@ -62,129 +65,129 @@ static inline iq1q_tile_layout iq1q_tile_layout_for(int64_t K) {
 
 static inline int64_t iq1q_tile_count(int64_t N) { return (N + IQ1Q_TILE_ROWS - 1) / IQ1Q_TILE_ROWS; }
 
-/* One 32-column block of one weight row, in the terms above. */
+/* ---- the decode: ggml bytes of rows 8t..8t+7, chunks [c0, c1), into a tile ----- */
+
+/* What the tile holds of one row and one chunk: the codes of its two halves (one 32-bit
+ * lane each), ls of both halves in one byte, and a bit per group of 8 set where s = -1. */
 typedef struct {
-    uint16_t codes[4]; /* grid codes of the 4 groups of 8: 2 bits u per column */
-    uint8_t ls[2];     /* per 16 columns */
-    uint8_t sneg[4];   /* per group of 8: 1 when s = -1 */
-    float d;           /* the float16 scale d of this row here */
-} iq1q_tile_block;
+    uint32_t half[2];
+    uint8_t ls;
+    uint8_t sneg;
+} iq1q_tile_row;
 
 static inline uint16_t iq1q_tile_u16(const uint8_t *p) { return (uint16_t)(p[0] | ((unsigned)p[1] << 8)); }
 
-/* Block c (columns 32c..32c+31) of row `row`; base = the tensor's bytes. */
-static inline void iq1q_tile_block_iq1_s(const uint8_t *base, int64_t row, int64_t c, int64_t K,
-                                         iq1q_tile_block *o) {
-    const uint8_t *blk = base + (size_t)row * IQ1Q_ROW_SIZE(IQ1_S, K) + (size_t)(c / 8) * IQ1Q_TYPE_SIZE_IQ1_S;
-    const int b = (int)(c % 8);
-    const unsigned qh = iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_s, qh) + 2 * b);
-    const uint8_t *qs = blk + offsetof(iq1q_block_iq1_s, qs);
-    for (int l = 0; l < 4; ++l) {
-        o->codes[l] = iq1q_grid_codes[qs[4 * b + l] | (((qh >> (3 * l)) & 7u) << 8)];
-        o->sneg[l] = (uint8_t)(qh >> 15);
-    }
-    o->ls[0] = o->ls[1] = (uint8_t)(2 * ((qh >> 12) & 7) + 1);
-    o->d = iq1q_fp16_to_fp32(iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_s, d)));
+/* the two halves of a chunk from the grid indices of its four groups of 8 */
+static inline void iq1q_tile_codes(iq1q_tile_row *o, unsigned i0, unsigned i1, unsigned i2, unsigned i3) {
+    o->half[0] = iq1q_grid_tile[i0] | (iq1q_grid_tile[i1] << 4);
+    o->half[1] = iq1q_grid_tile[i2] | (iq1q_grid_tile[i3] << 4);
 }
 
-static inline void iq1q_tile_block_iq1_m(const uint8_t *base, int64_t row, int64_t c, int64_t K,
-                                         iq1q_tile_block *o) {
-    const uint8_t *blk = base + (size_t)row * IQ1Q_ROW_SIZE(IQ1_M, K) + (size_t)(c / 8) * IQ1Q_TYPE_SIZE_IQ1_M;
+/* Chunk c (columns 32c..32c+31) of a row; `row` points at the row's bytes (for _r4: at
+ * its 4-row group, r4 = the row within it). Returns the row's d for this chunk. */
+static inline float iq1q_tile_row_iq1_s(const uint8_t *row, int r4, int64_t c, iq1q_tile_row *o) {
+    (void)r4;
+    const uint8_t *blk = row + (size_t)(c / 8) * IQ1Q_TYPE_SIZE_IQ1_S;
     const int b = (int)(c % 8);
-    const uint8_t *qs = blk + offsetof(iq1q_block_iq1_m, qs);
-    const uint8_t *qh = blk + offsetof(iq1q_block_iq1_m, qh);
+    const unsigned qh = iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_s, qh) + 2 * b);
+    const uint8_t *qs = blk + offsetof(iq1q_block_iq1_s, qs) + 4 * b;
+    iq1q_tile_codes(o, qs[0] | ((qh << 8) & 0x700), qs[1] | ((qh << 5) & 0x700), qs[2] | ((qh << 2) & 0x700),
+                    qs[3] | ((qh >> 1) & 0x700));
+    o->ls = (uint8_t)(17 * (2 * ((qh >> 12) & 7) + 1));
+    o->sneg = (uint8_t)(15 * (qh >> 15));
+    return iq1q_fp16_to_fp32(iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_s, d)));
+}
+
+static inline float iq1q_tile_row_iq1_m(const uint8_t *row, int r4, int64_t c, iq1q_tile_row *o) {
+    (void)r4;
+    const uint8_t *blk = row + (size_t)(c / 8) * IQ1Q_TYPE_SIZE_IQ1_M;
+    const int b = (int)(c % 8);
+    const uint8_t *qs = blk + offsetof(iq1q_block_iq1_m, qs) + 4 * b;
+    const unsigned qh = iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_m, qh) + 2 * b); /* 4 nibbles */
+    iq1q_tile_codes(o, qs[0] | ((qh << 8) & 0x700), qs[1] | ((qh << 4) & 0x700), qs[2] | (qh & 0x700),
+                    qs[3] | ((qh >> 4) & 0x700));
+    o->sneg = (uint8_t)(((qh >> 3) & 1) | ((qh >> 6) & 2) | ((qh >> 9) & 4) | ((qh >> 12) & 8));
     unsigned sc[4];
     for (int w = 0; w < 4; ++w) sc[w] = iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_m, scales) + 2 * w);
-    for (int i = 0; i < 4; ++i) {
-        const int m = 4 * b + i;
-        const unsigned nib = (qh[m / 2] >> (4 * (m % 2))) & 15u;
-        o->codes[i] = iq1q_grid_codes[qs[m] | ((nib & 7u) << 8)];
-        o->sneg[i] = (uint8_t)(nib >> 3);
-    }
-    for (int h = 0; h < 2; ++h) {
-        const int s = 2 * b + h;
-        o->ls[h] = (uint8_t)(2 * ((sc[s / 4] >> (3 * (s % 4))) & 7) + 1);
-    }
-    o->d = iq1q_fp16_to_fp32((uint16_t)((sc[0] >> 12) | ((sc[1] >> 12) << 4) | ((sc[2] >> 12) << 8) |
+    /* sub-blocks 2b and 2b + 1 of 16 columns: 3 bits each, four to a scale word */
+    const unsigned l0 = (sc[b / 2] >> (6 * (b % 2))) & 7, l1 = (sc[b / 2] >> (6 * (b % 2) + 3)) & 7;
+    o->ls = (uint8_t)((2 * l0 + 1) | ((2 * l1 + 1) << 4));
+    return iq1q_fp16_to_fp32((uint16_t)((sc[0] >> 12) | ((sc[1] >> 12) << 4) | ((sc[2] >> 12) << 8) |
                                         ((sc[3] >> 12) << 12)));
 }
 
-static inline void iq1q_tile_block_iq1_s_r4(const uint8_t *base, int64_t row, int64_t c, int64_t K,
-                                            iq1q_tile_block *o) {
-    const uint8_t *unit = base + (size_t)(row & ~(int64_t)3) * IQ1Q_ROW_SIZE(IQ1_S_R4, K);
-    const int r = (int)(row & 3);
+static inline float iq1q_tile_row_iq1_s_r4(const uint8_t *unit, int r4, int64_t c, iq1q_tile_row *o) {
     const uint8_t *blk = unit + 4 * IQ1Q_ROW_META_IQ1_S_R4 + (size_t)c * sizeof(iq1q_block_iq1_s_r4);
-    const unsigned qh = iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_s_r4, qh) + 2 * r);
-    for (int i = 0; i < 4; ++i) {
-        o->codes[i] = iq1q_grid_codes[blk[4 * i + r] | (((qh >> (3 * i)) & 7u) << 8)];
-        o->sneg[i] = (uint8_t)(qh >> 15);
-    }
-    o->ls[0] = o->ls[1] = (uint8_t)(2 * ((qh >> 12) & 7) + 1);
-    o->d = iq1q_fp16_to_fp32(iq1q_tile_u16(unit + 2 * r));
+    const unsigned qh = iq1q_tile_u16(blk + offsetof(iq1q_block_iq1_s_r4, qh) + 2 * r4);
+    iq1q_tile_codes(o, blk[r4] | ((qh << 8) & 0x700), blk[4 + r4] | ((qh << 5) & 0x700),
+                    blk[8 + r4] | ((qh << 2) & 0x700), blk[12 + r4] | ((qh >> 1) & 0x700));
+    o->ls = (uint8_t)(17 * (2 * ((qh >> 12) & 7) + 1));
+    o->sneg = (uint8_t)(15 * (qh >> 15));
+    return iq1q_fp16_to_fp32(iq1q_tile_u16(unit + 2 * r4));
 }
 
-static inline void iq1q_tile_block_iq1_m_r4(const uint8_t *base, int64_t row, int64_t c, int64_t K,
-                                            iq1q_tile_block *o) {
-    const uint8_t *unit = base + (size_t)(row & ~(int64_t)3) * IQ1Q_ROW_SIZE(IQ1_M_R4, K);
-    const int r = (int)(row & 3);
+static inline float iq1q_tile_row_iq1_m_r4(const uint8_t *unit, int r4, int64_t c, iq1q_tile_row *o) {
     const uint8_t *blk = unit + 4 * IQ1Q_ROW_META_IQ1_M_R4 + (size_t)c * sizeof(iq1q_block_iq1_m_r4);
     const uint8_t *qh = blk + offsetof(iq1q_block_iq1_m_r4, qh);
-    const unsigned sc = blk[offsetof(iq1q_block_iq1_m_r4, scales) + r];
-    for (int m = 0; m < 4; ++m) {
-        const unsigned nib = (qh[4 * (m / 2) + r] >> (4 * (m % 2))) & 15u;
-        o->codes[m] = iq1q_grid_codes[blk[4 * m + r] | ((nib & 7u) << 8)];
-        o->sneg[m] = (uint8_t)(nib >> 3);
-    }
-    o->ls[0] = (uint8_t)(sc & 15);
-    o->ls[1] = (uint8_t)(sc >> 4);
-    o->d = iq1q_fp16_to_fp32(iq1q_tile_u16(unit + 2 * r));
+    const unsigned n01 = qh[r4], n23 = qh[4 + r4]; /* nibbles of groups 0, 1 and 2, 3 */
+    iq1q_tile_codes(o, blk[r4] | ((n01 << 8) & 0x700), blk[4 + r4] | ((n01 << 4) & 0x700),
+                    blk[8 + r4] | ((n23 << 8) & 0x700), blk[12 + r4] | ((n23 << 4) & 0x700));
+    o->sneg = (uint8_t)(((n01 >> 3) & 1) | ((n01 >> 6) & 2) | ((n23 >> 1) & 4) | ((n23 >> 4) & 8));
+    o->ls = blk[offsetof(iq1q_block_iq1_m_r4, scales) + r4];
+    return iq1q_fp16_to_fp32(iq1q_tile_u16(unit + 2 * r4));
 }
 
-typedef void (*iq1q_tile_block_fn)(const uint8_t *base, int64_t row, int64_t c, int64_t K,
-                                   iq1q_tile_block *o);
+/* Decode chunks [c0, c1) of tile t (rows 8t..8t+7, zero past row N) of an N x K tensor of
+ * format FMT (ggml bytes w) into `tile`, laid out by L; c0 and c1 are whole spans of 256
+ * columns but for the last. ROW is one of the four functions above. */
+#define IQ1Q_TILE_DECODE_BODY(ROW, FMT)                                                               \
+    do {                                                                                              \
+        const size_t rs = IQ1Q_ROW_SIZE(FMT, K);                                                      \
+        const int R4 = IQ1Q_ROWS_##FMT == 4;                                                          \
+        const uint8_t *rows[IQ1Q_TILE_ROWS];                                                          \
+        int nr = 0;                                                                                   \
+        for (; nr < IQ1Q_TILE_ROWS && t * IQ1Q_TILE_ROWS + nr < N; ++nr) {                            \
+            const int64_t row = t * IQ1Q_TILE_ROWS + nr;                                              \
+            rows[nr] = w + (size_t)(R4 ? row & ~(int64_t)3 : row) * rs;                               \
+        }                                                                                             \
+        float *d = (float *)(tile + L->d);                                                            \
+        for (int64_t c = c0; c < c1; ++c) {                                                           \
+            uint8_t *codes = tile + (size_t)c * IQ1Q_TILE_CODES;                                      \
+            uint8_t *ls = tile + L->ls + (size_t)c * IQ1Q_TILE_LS;                                    \
+            unsigned sn0 = 0, sn1 = 0;                                                                \
+            int r = 0;                                                                                \
+            for (; r < nr; ++r) {                                                                     \
+                iq1q_tile_row o;                                                                      \
+                const float dr = ROW(rows[r], R4 ? (int)((t * IQ1Q_TILE_ROWS + r) & 3) : 0, c, &o);   \
+                memcpy(codes + 4 * r, &o.half[0], 4);                                                 \
+                memcpy(codes + 32 + 4 * r, &o.half[1], 4);                                            \
+                ls[r] = o.ls;                                                                         \
+                sn0 |= (o.sneg & 3u) << (2 * r);                                                      \
+                sn1 |= (unsigned)(o.sneg >> 2) << (2 * r);                                            \
+                if (c % (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK) == 0)                                      \
+                    d[(c / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS + r] = dr * IQ1Q_DELTA; \
+            }                                                                                         \
+            for (; r < IQ1Q_TILE_ROWS; ++r) { /* past the last row: weights of zero */                \
+                memset(codes + 4 * r, 0, 4);                                                          \
+                memset(codes + 32 + 4 * r, 0, 4);                                                     \
+                ls[r] = 0;                                                                            \
+                if (c % (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK) == 0)                                      \
+                    d[(c / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS + r] = 0.0f;          \
+            }                                                                                         \
+            uint8_t *sneg = tile + L->sneg + (size_t)c * IQ1Q_TILE_SNEG;                              \
+            sneg[0] = (uint8_t)sn0, sneg[1] = (uint8_t)(sn0 >> 8);                                    \
+            sneg[2] = (uint8_t)sn1, sneg[3] = (uint8_t)(sn1 >> 8);                                    \
+        }                                                                                             \
+    } while (0)
 
-/* indexed by iq1q_format (the weight formats come first) */
-static const iq1q_tile_block_fn iq1q_tile_blocks[IQ1Q_NUM_WEIGHT_FORMATS] = {
-    iq1q_tile_block_iq1_s, iq1q_tile_block_iq1_m, iq1q_tile_block_iq1_s_r4, iq1q_tile_block_iq1_m_r4,
-};
-
-/* Repack tiles [t0, t1) of an N x K weight tensor (K a multiple of 32) into
- * out, which holds all tiles (iq1q_tile_count(N) * layout.bytes). */
-static void iq1q_tile_repack(int wfmt, const uint8_t *w, int64_t N, int64_t K, uint8_t *out,
-                             int64_t t0, int64_t t1) {
-    const iq1q_tile_layout L = iq1q_tile_layout_for(K);
-    const iq1q_tile_block_fn block = iq1q_tile_blocks[wfmt];
-    for (int64_t t = t0; t < t1; ++t) {
-        uint8_t *tile = out + (size_t)t * L.bytes;
-        memset(tile, 0, L.bytes);
-        float *d = (float *)(tile + L.d);
-        for (int r = 0; r < IQ1Q_TILE_ROWS; ++r) {
-            const int64_t row = t * IQ1Q_TILE_ROWS + r;
-            if (row >= N) break;
-            for (int64_t c = 0; c < L.nchunks; ++c) {
-                iq1q_tile_block b;
-                block(w, row, c, K, &b);
-                uint8_t *codes = tile + (size_t)c * IQ1Q_TILE_CODES;
-                uint8_t *ls = tile + L.ls + (size_t)c * IQ1Q_TILE_LS;
-                uint8_t *sneg = tile + L.sneg + (size_t)c * IQ1Q_TILE_SNEG;
-                for (int h = 0; h < 2; ++h) {
-                    /* groups 2h and 2h+1 fill half h; element e of a group is column 8i + e */
-                    const unsigned g0 = b.codes[2 * h], g1 = b.codes[2 * h + 1];
-                    for (int j = 0; j < 4; ++j) {
-                        const unsigned u0 = (g0 >> (2 * j)) & 3u, u1 = (g0 >> (2 * j + 8)) & 3u;
-                        const unsigned u2 = (g1 >> (2 * j)) & 3u, u3 = (g1 >> (2 * j + 8)) & 3u;
-                        codes[32 * h + 4 * r + j] = (uint8_t)(u0 | (u1 << 2) | (u2 << 4) | (u3 << 6));
-                    }
-                    ls[r] |= (uint8_t)(b.ls[h] << (4 * h));
-                    uint16_t bits = iq1q_tile_u16(sneg + 2 * h);
-                    bits |= (uint16_t)((b.sneg[2 * h] | (b.sneg[2 * h + 1] << 1)) << (2 * r));
-                    sneg[2 * h] = (uint8_t)bits;
-                    sneg[2 * h + 1] = (uint8_t)(bits >> 8);
-                }
-                if (c % (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK) == 0)
-                    d[(c / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS + r] = b.d * IQ1Q_DELTA;
-            }
-        }
+/* The portable decode, for every format; an ISA header may replace it for some. */
+static void iq1q_tile_decode_portable(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t,
+                                      int64_t c0, int64_t c1, const iq1q_tile_layout *L, uint8_t *tile) {
+    switch (wfmt) {
+    case IQ1Q_IQ1_S: IQ1Q_TILE_DECODE_BODY(iq1q_tile_row_iq1_s, IQ1_S); break;
+    case IQ1Q_IQ1_M: IQ1Q_TILE_DECODE_BODY(iq1q_tile_row_iq1_m, IQ1_M); break;
+    case IQ1Q_IQ1_S_R4: IQ1Q_TILE_DECODE_BODY(iq1q_tile_row_iq1_s_r4, IQ1_S_R4); break;
+    default: IQ1Q_TILE_DECODE_BODY(iq1q_tile_row_iq1_m_r4, IQ1_M_R4); break;
     }
 }
 

@@ -8,8 +8,8 @@
  * vpdpbusd retires at half the rate of a 256-bit one, so the multiplies cost the
  * same, but each broadcast and load serves twice the weight rows).
  *
- * Weights are read in the tile layout of tiles.h (repacked once per tensor),
- * so all four weight formats share one kernel. Per activation block (32, 128
+ * Weights are read in the tile layout of tiles.h, decoded from the ggml bytes
+ * as the work goes, so all four weight formats share one kernel. Per activation block (32, 128
  * or 256 columns, scale d_a) and tile row r, the exact integer
  *   I = 8 * sum_k (ls*u)_k q_k + sum_g ls_g (s_g - 8) B_g      (B_g = sum of q over group g of 8)
  * equals sum_k ls (8u - 8 + s) q = 8 * sum_k (w_k / (d/8)) q_k (docs/spec.md §7.1, with u = g + 1 unsigned
@@ -34,7 +34,6 @@
  * vpdpbusd (latency 4), which keep the two pipes ~85 % busy (Zen 5, independent
  * chains alone: 1.69 per cycle, 1.94 from 12 chains on); 16 rows per pass, or two
  * chains per row, made gcc 12 spill accumulators and were no faster.
- * Each tile prefetches the bytes of the tile after next.
  */
 #ifndef IQ1Q_X86_H
 #define IQ1Q_X86_H
@@ -108,14 +107,6 @@ typedef iq1q_x86_half iq1q_simd_half;
 #define IQ1Q_SIMD_PAIR IQ1Q_X86_PAIR
 #include "simd_gemm.h"
 
-/* The bytes of chunk c of the tile after next, to arrive in time (a prefetch past the end
- * never faults). */
-IQ1Q_X86_INLINE void iq1q_x86_prefetch(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c) {
-    _mm_prefetch((const char *)(tile + 2 * L->bytes + c * IQ1Q_TILE_CODES), _MM_HINT_T0);
-    if (c % 8 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->ls + c * IQ1Q_TILE_LS), _MM_HINT_T0);
-    if (c % 16 == 0) _mm_prefetch((const char *)(tile + 2 * L->bytes + L->sneg + c * IQ1Q_TILE_SNEG), _MM_HINT_T0);
-}
-
 /* int16 ls of row r, half h of chunk c, in lanes 2r and 2r + 1 */
 IQ1Q_X86_INLINE __m256i iq1q_x86_ls16(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h) {
     const __m256i nib =
@@ -132,7 +123,6 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
     const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
                                           8192, 16384, (short)32768);
     const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-    if (h == 0) iq1q_x86_prefetch(tile, L, c);
     const __m256i ls16 = iq1q_x86_ls16(tile, L, c, h);
     const __m256i ls8 = _mm256_slli_epi16(ls16, 3);
     /* folding costs a multiply per operand, paid once for many activation rows; without it
@@ -163,7 +153,6 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
 IQ1Q_X86_INLINE void iq1q_x86_biased_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
                                               int h, iq1q_x86_half *o) {
     const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-    if (h == 0) iq1q_x86_prefetch(tile, L, c);
     o->ls = iq1q_x86_ls16(tile, L, c, h);
     uint16_t sb;
     memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
@@ -420,6 +409,11 @@ IQ1Q_X86_INLINE void iq1q_x86_pass(const iq1q_simd_half *ops, const uint8_t *til
 }
 
 IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_pass)
+
+static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t, int64_t c0,
+                             int64_t c1, const iq1q_tile_layout *L, uint8_t *tile) {
+    iq1q_tile_decode_portable(wfmt, w, N, K, t, c0, c1, L, tile);
+}
 
 static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
                              int64_t c, int h, int hist, iq1q_simd_half *o) {

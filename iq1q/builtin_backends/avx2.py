@@ -9,4 +9,4 @@ FEATURES = ("avx2", "fma", "f16c")
 @hookimpl
 def iq1q_register_backends(register):
     register(simd_backend("avx2", "iq1q._avx2", FEATURES, priority=20,
-                          description="x86 AVX2 (maddubs), weights repacked once into 8-row tiles"))
+                          description="x86 AVX2 (maddubs)"))

@@ -12,4 +12,4 @@ FEATURES = AVX2_FEATURES + ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx5
 @hookimpl
 def iq1q_register_backends(register):
     register(simd_backend("avx512", "iq1q._avx512", FEATURES, priority=30,
-                          description="x86 AVX-512 VNNI (vpdpbusd), weights repacked once into 8-row tiles"))
+                          description="x86 AVX-512 VNNI (vpdpbusd)"))

@@ -12,7 +12,6 @@ PLAIN_FEATURES = ("neon",)
 @hookimpl
 def iq1q_register_backends(register):
     register(simd_backend("neon", "iq1q._neon_dotprod", FEATURES, priority=20,
-                          description="AArch64 NEON + dotprod (sdot), weights repacked once into 8-row tiles"))
+                          description="AArch64 NEON + dotprod (sdot)"))
     register(simd_backend("neon_plain", "iq1q._neon", PLAIN_FEATURES, priority=15,
-                          description="AArch64 NEON without dotprod (sdot emulated), weights repacked once "
-                                      "into 8-row tiles"))
+                          description="AArch64 NEON without dotprod (sdot emulated)"))

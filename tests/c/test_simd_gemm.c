@@ -47,8 +47,6 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
     const size_t arow = (size_t)ai->type_size * (size_t)(K / ai->block_size);
     float *w = malloc(sizeof(float) * (size_t)(N * K)), *x = malloc(sizeof(float) * (size_t)(M * K));
     uint8_t *wq = malloc(wrow * (size_t)N), *aq = malloc(arow * (size_t)M);
-    const iq1q_tile_layout L = iq1q_tile_layout_for(K);
-    uint8_t *tiles = malloc(L.bytes * (size_t)iq1q_tile_count(N));
     float *want = malloc(sizeof(float) * (size_t)(M * N)), *got = malloc(sizeof(float) * (size_t)(M * N));
     for (int64_t i = 0; i < N * K; ++i) w[i] = gauss();
     for (int64_t m = 0; m < M; ++m) {
@@ -58,9 +56,8 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
     iq1q_ref_weight_quantizers[wfmt](w, wq, N, K, NULL);
     iq1q_ref_act_quantizers[afmt - IQ1Q_Q8_0](x, aq, M, K);
     iq1q_ref_gemm_table[wfmt][afmt - IQ1Q_Q8_0](wq, aq, want, K, M, 0, N, N);
-    iq1q_tile_repack(wfmt, wq, N, K, tiles, 0, iq1q_tile_count(N));
     const int hist = wfmt == IQ1Q_IQ1_S_R4 && afmt == IQ1Q_Q8_1;
-    int ok = iq1q_simd_gemm(afmt, hist, tiles, N, K, aq, M, got, 1, serial_run) == 0;
+    int ok = iq1q_simd_gemm(wfmt, afmt, hist, wq, N, K, aq, M, got, 1, serial_run) == 0;
     double scale = 0.0, err = 0.0;
     for (int64_t i = 0; i < M * N; ++i) {
         scale = fmax(scale, fabs((double)want[i]));
@@ -70,7 +67,7 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
     if (!ok)
         printf("FAILED %s x %s, N=%lld M=%lld K=%lld: max error %.3g of %.3g\n", wi->name, ai->name,
                (long long)N, (long long)M, (long long)K, err, scale);
-    free(w), free(x), free(wq), free(aq), free(tiles), free(want), free(got);
+    free(w), free(x), free(wq), free(aq), free(want), free(got);
     return ok;
 }
 
