@@ -41,6 +41,7 @@
 #include <immintrin.h>
 
 #include "tiles.h"
+#include "x86_decode.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define IQ1Q_X86_VNNI 1
@@ -412,7 +413,7 @@ IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_pass)
 
 static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t, int64_t c0,
                              int64_t c1, const iq1q_tile_layout *L, uint8_t *tile) {
-    iq1q_tile_decode_portable(wfmt, w, N, K, t, c0, c1, L, tile);
+    iq1q_x86_decode(wfmt, w, N, K, t, c0, c1, L, tile);
 }
 
 static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
