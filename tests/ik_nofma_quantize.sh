@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ik_llama.cpp's llama-quantize with its weight quantizers compiled -ffp-contract=off (SPEC 1.6),
-# next to the regular build that benchmarks/ikbench/build-tools.sh makes (~3 min on 2 cores).
+# next to the regular build that benchmarks/ikbench/build-tools.sh makes (under a minute on 2 cores).
 # The tests compare iq1q with it byte for byte; against the regular (FMA-contracted) build
 # they allow the few bytes FMA rounding changes. Output: $IQ1Q_IKBUILD/nofma/llama-quantize
 # (IQ1Q_IKBUILD: the harness's build folder, default benchmarks/ikbench/build).
