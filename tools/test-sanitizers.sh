@@ -19,7 +19,7 @@ step() { echo "[sanitizers +${SECONDS}s] $*"; }
 
 step "copy of the tree in $WORK/src"
 rm -rf "$WORK/src" && mkdir -p "$WORK/src"
-tar -C "$PROJ" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='./kernels/*.c' -cf - . \
+tar -C "$PROJ" --exclude=./.git --exclude=./build --exclude=./benchmarks/ikbench/build --exclude='*.so' --exclude='./kernels/*.c' -cf - . \
     | tar -C "$WORK/src" -xf -
 
 step "build with $SAN"
