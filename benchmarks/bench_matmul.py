@@ -15,6 +15,8 @@ one line per weight:activation pair (default the pairs models use: iq1_s_r4:q8_k
 iq1_m_r4:q8_k128 iq1_s:q8_k iq1_m:q8_k; --all-pairs for all 16), backend (default every
 available one), M activation rows (1 8 32 256) and thread count (1 2):
 
+  backend       the backend asked for; NAME+prep: the same with each tensor prepared
+                (QuantizedTensor.prepare: the backend's own layout kept beside the bytes)
   median ms     one iq1q.matmul(x, W) call, activation quantization included
   GFLOP/s       2 * M * rows * K / median
   W GB/s        W.nbytes / median
@@ -26,6 +28,12 @@ available one), M activation rows (1 8 32 256) and thread count (1 2):
                 own activation format (q8_k128 for _r4, q8_k for plain types, so only those
                 pairs get one), from this run: ik ms / iq1q ms
                 (> 1: iq1q is faster; a * marks an ik line ikbench flagged NOISY)
+
+  bits str.     bits per weight one GEMV reads from memory, measured: the pages one call
+                touches of a fresh file mapping of the weights (and of a prepared tensor's
+                layout), less those of a second call, times the page size, over rows * K
+  bits res.     bits per weight resident, measured: the growth of the process's RSS while
+                fresh tensors are made and multiplied once (prepared too, for +prep)
 
 then numpy's and ik's own lines, and a summary of the 4096x4096 one-thread lines against the
 targets for the speed-up over ik (R4 x q8_k128: 2.0 2.0 2.5 3.0 at M = 1 8 32 256; plain x
@@ -47,8 +55,12 @@ shape), with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for that command; it q
 weights itself, and its first call spends ~10 s building tables. Skipped when the binary is
 absent, or with --no-ik.
 
+Last, a projection of the GEMV (M = 1) to larger hosts of (cores, GB/s): time =
+max(t=1 time / cores, bytes streamed / bandwidth), for iq1q (its measured bits streamed) and
+for ik (the format's bytes), and their ratio.
+
 --quick: 4096x4096 and 512x512, M 1 32, threads 1 2, the default pairs, the fastest available
-backend (and ref at M=1), 5 reps / 100 ms windows, ik for 4096x4096 only: well under a minute
+backend with and without prepared tensors (and ref at M=1), 5 reps / 100 ms windows, ik for 4096x4096 only: well under a minute
 without ik, about 1.5 minutes with it. Options given explicitly override these.
 --json FILE: {"header": {...}, "rows": [...], "baselines": [...], "summary": [...]}, one
 dict per table line, numbers as numbers, null where a value is absent.
@@ -58,12 +70,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
 import re
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -84,6 +99,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import ik_build  # noqa: E402  (where benchmarks/ikbench builds ikbench and machine_probe)
 
 Shape = tuple[int, int]  # (rows, K): W is rows x K, x is M x K, y is M x rows
+PREP = "+prep"  # a backend name with this suffix: its tensors prepared (QuantizedTensor.prepare)
 Pair = tuple[str, str]  # (weight format, activation format)
 
 SHAPES: tuple[Shape, ...] = ((4096, 4096), (11008, 4096), (4096, 11008), (14336, 8192), (512, 512))
@@ -183,7 +199,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--shapes", nargs="+", type=parse_shape, metavar="ROWSxK")
     p.add_argument("--m", nargs="+", type=int, metavar="M", help="activation rows")
     p.add_argument("--threads", nargs="+", type=int, metavar="T")
-    p.add_argument("--backends", nargs="+", metavar="NAME", help="default: every available one")
+    p.add_argument("--backends", nargs="+", metavar="NAME", help="default: every available one; "
+                   "NAME+prep: the backend with prepared tensors (default: beside every SIMD backend)")
     pairs = p.add_mutually_exclusive_group()
     pairs.add_argument("--pairs", nargs="+", type=parse_pair, metavar="WEIGHT:ACTIVATION")
     pairs.add_argument("--all-pairs", action="store_true", help="all 16 pairs")
@@ -218,7 +235,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     (" and rows of 4 (for the _r4 formats)" if group == 4 else ""))
     available = [b.name for b in iq1q.backends() if b.available]
     for name in args.backends or ():
-        if name not in available:
+        if name.removesuffix(PREP) not in available:
             p.error(f"backend {name!r} is not available here; available: {', '.join(available)}")
     args.plan = backend_plan(args.backends, available, args.m, args.quick)
     args.policy = Policy(args.reps or (5 if args.quick else 20),
@@ -234,13 +251,16 @@ def backend_plan(chosen: Sequence[str] | None, available: Sequence[str], ms: Seq
                  quick: bool) -> list[tuple[str, list[int]]]:
     """(backend, the Ms it runs at) for every backend to time.
 
-    Default: every available backend at every M. --quick without --backends: the fastest
-    (highest-priority) available backend at every M, and ref at M=1 only."""
+    Default: every available backend at every M, and each SIMD one also with prepared
+    tensors. --quick without --backends: the fastest (highest-priority) available backend at
+    every M, with and without prepared tensors, and ref at M=1 only."""
     if chosen:
         return [(b, list(ms)) for b in dict.fromkeys(chosen)]
+    packs = {b.name for b in iq1q.backends() if b.backend.weight_packers}  # ref keeps no layout
+    prep = [b + PREP for b in available if b in packs]
     if not quick:
-        return [(b, list(ms)) for b in available]
-    plan = [(available[0], list(ms))]
+        return [(b, list(ms)) for b in available + prep]
+    plan = [(available[0], list(ms))] + ([(available[0] + PREP, list(ms))] if available[0] in packs else [])
     if available[0] != "ref" and "ref" in available and 1 in ms:
         plan.append(("ref", [1]))
     return plan
@@ -479,18 +499,89 @@ def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+def _file_mapped(data: np.ndarray, folder: str) -> np.ndarray:
+    """A read-only mapping of a fresh file holding data's bytes: none of its pages touched."""
+    fd, path = tempfile.mkstemp(dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.tobytes())
+    out = np.memmap(path, np.uint8, mode="r")
+    os.unlink(path)  # the mapping keeps the file
+    return out
+
+
+def _mapped_rss(arrays: Sequence[np.ndarray]) -> int:
+    """Bytes of these mappings in this process's page tables (/proc/self/smaps Rss): the
+    pages touched, to the kernel's fault-around granularity (64 KiB)."""
+    starts = {a.ctypes.data for a in arrays}
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) in starts
+            elif inside and head == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def streamed_bits(W: iq1q.QuantizedTensor, x1: np.ndarray, act: str, backend: str, prepared: bool) -> float:
+    """Bits per weight one GEMV reads: the pages it touches of fresh file mappings of the
+    weight bytes and, prepared, of the layout prepare() made (moved to a fresh mapping: a
+    benchmark's liberty with a private field)."""
+    with tempfile.TemporaryDirectory() as folder:
+        Wm = iq1q.QuantizedTensor(W._format, *W.shape, _file_mapped(W.data, folder))
+        if prepared:
+            layout = Wm.prepare(backend=backend, activation=act)._prepared
+            Wm = iq1q.QuantizedTensor(W._format, *W.shape, _file_mapped(W.data, folder))
+            Wm._prepared = {k: _file_mapped(v, folder) for k, v in layout.items()}
+        mapped = [Wm.data, *Wm._prepared.values()]
+        iq1q.matmul(x1, Wm, activation=act, backend=backend, threads=1, overflow="ignore")
+        return 8 * _mapped_rss(mapped) / (W.shape[0] * W.shape[1])
+
+
+def resident_bits(W: iq1q.QuantizedTensor, x1: np.ndarray, act: str, backend: str, prepared: bool) -> float:
+    """Bits per weight resident: RSS growth while fresh tensors (>= 64 MiB of bytes) are made
+    from W's bytes, prepared if asked, and multiplied once, over their weights."""
+    n = max(1, math.ceil(64 * 2**20 / W.nbytes))
+    data = W.tobytes()
+    iq1q.matmul(x1, iq1q.QuantizedTensor.from_bytes(data, W.format, W.shape), activation=act,
+                backend=backend, overflow="ignore")  # the call's own buffers and pools, once
+    gc.collect()
+    start = _rss()
+    held = []
+    for _ in range(n):
+        Wc = iq1q.QuantizedTensor.from_bytes(data, W.format, W.shape)
+        if prepared:
+            Wc.prepare(backend=backend, activation=act)
+        iq1q.matmul(x1, Wc, activation=act, backend=backend, overflow="ignore")
+        held.append(Wc)
+    grown = _rss() - start
+    return 8 * grown / (n * W.shape[0] * W.shape[1])
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
 def bench_pair(copies: list[iq1q.QuantizedTensor], wd: np.ndarray, x: np.ndarray, act: str,
-               backend: str, ms: Sequence[int], args: argparse.Namespace,
+               variant: str, ms: Sequence[int], args: argparse.Namespace,
                quant_cache: dict[tuple, Timing]) -> list[dict]:
-    """Lines of one (pair, backend): matmul and activation quantization times per (M, t)."""
+    """Lines of one (pair, backend variant): matmul and activation quantization times per
+    (M, t), and the bits per weight a GEMV streams and a tensor keeps resident."""
     W, policy = copies[0], args.policy
+    backend, prepared = variant.removesuffix(PREP), variant.endswith(PREP)
 
     def mm(Wc: iq1q.QuantizedTensor, xm: np.ndarray, t: int) -> np.ndarray:
         return iq1q.matmul(xm, Wc, activation=act, backend=backend, threads=t, overflow="ignore")
 
-    for Wc in copies:  # a backend may repack each tensor on its first matmul
-        mm(Wc, x[:1], 1)  # (one thread: a pool's start-up costs more than a small repack)
+    for Wc in copies:
+        if prepared:
+            Wc.prepare(backend=backend, activation=act)
+        mm(Wc, x[:1], 1)  # each copy touched once before timing
     err = rel_error(mm(W, x[:ms[0]], 1), x[:ms[0]] @ wd.T)
+    memory = {"bits_streamed": streamed_bits(W, x[:1], act, backend, prepared),
+              "bits_resident": resident_bits(W, x[:1], act, backend, prepared)}
     lines = []
     for m in ms:
         xm = x[:m]
@@ -502,12 +593,15 @@ def bench_pair(copies: list[iq1q.QuantizedTensor], wd: np.ndarray, x: np.ndarray
                     lambda: iq1q.quantize_activations(xm, act, backend=backend, threads=t), m,
                     retry=False)
             q = quant_cache[qkey].median
-            lines.append({"weight": W.format, "activation": act, "backend": backend,
-                          "kernel_backend": served_by((W.format, act), backend),
+            lines.append({"weight": W.format, "activation": act, "backend": variant,
+                          "kernel_backend": served_by((W.format, act), backend) + (PREP if prepared else ""),
+                          **memory,
                           **line_fields(W.shape, m, t, timing, W.nbytes, len(copies)),
                           "act_quant_ms": q * 1e3, "act_quant_pct": 100 * q / timing.median,
                           "numpy_ms": None, "vs_numpy": None, "ik_ms": None, "vs_ik": None,
                           "ik_noisy": None, "check_rel_err": err})
+    for Wc in copies:
+        Wc.release()
     return lines
 
 
@@ -591,15 +685,15 @@ def shape_table(lines: list[dict], baselines: list[dict]) -> str:
         vs_ik = _f(r["vs_ik"], ".2f") + ("*" if r["ik_noisy"] else "")
         body.append([f"{r['weight']} x {r['activation']}", backend, r["m"], r["threads"],
                      _f(r["median_ms"], ".4g") + ("!" if r["noisy"] else ""), _f(r["gflops"], ".1f"),
-                     _f(r["w_gbps"], ".2f"), _f(r["act_quant_pct"], ".1f"), _f(r["vs_numpy"], ".2f"),
-                     vs_ik])
+                     _f(r["w_gbps"], ".2f"), _f(r["bits_streamed"], ".2f"), _f(r["bits_resident"], ".2f"),
+                     _f(r["act_quant_pct"], ".1f"), _f(r["vs_numpy"], ".2f"), vs_ik])
     labels = list(dict.fromkeys(b["label"] for b in baselines))  # numpy first, then ik by pair
     for b in sorted(baselines, key=lambda b: (labels.index(b["label"]), b["m"], b["threads"])):
         body.append([b["label"], b["backend"], b["m"], b["threads"],
                      _f(b["median_ms"], ".4g") + ("!" if b["noisy"] else ""),
-                     _f(b["gflops"], ".1f"), _f(b["w_gbps"], ".2f"), "", "", ""])
-    out = table(["pair", "backend", "M", "t", "median ms", "GFLOP/s", "W GB/s", "act-quant %",
-                 "vs numpy", "vs ik"], body)
+                     _f(b["gflops"], ".1f"), _f(b["w_gbps"], ".2f"), "", "", "", "", ""])
+    out = table(["pair", "backend", "M", "t", "median ms", "GFLOP/s", "W GB/s", "bits str.", "bits res.",
+                 "act-quant %", "vs numpy", "vs ik"], body)
     if any(r["noisy"] for r in lines + baselines):
         out += (f"\n! noisy: other processes used > {NOISE_CPUS} CPUs during the timing, even "
                 f"after retries (ik: ikbench's own guard); * on vs ik: the ik line was noisy")
@@ -650,6 +744,38 @@ def summary_table(summary: list[dict]) -> str:
     return out
 
 
+HOSTS = ((8, 60), (16, 80), (64, 400), (128, 600))  # (cores, GB/s) of the projection
+
+
+def project(lines: list[dict], baselines: list[dict]) -> list[dict]:
+    """GEMV time on larger hosts from this run's one-thread M = 1 lines: max(time / cores,
+    bytes / bandwidth), bytes = the measured bits streamed (iq1q) or the format's bytes (ik)."""
+    out = []
+    for r in lines:
+        if r["m"] != 1 or r["threads"] != 1 or not r["median_ms"]:
+            continue
+        ik = next((b for b in baselines if b["kind"] == "ik" and b["shape"] == r["shape"] and b["m"] == 1
+                   and b["threads"] == 1 and b["weight"] == r["weight"] and b["median_ms"]), None)
+        weights = r["rows"] * r["k"]
+        for cores, gbps in HOSTS:
+            t = max(r["median_ms"] / cores, r["bits_streamed"] * weights / 8 / gbps / 1e6)
+            t_ik = max(ik["median_ms"] / cores, ik["w_bytes"] / gbps / 1e6) if ik else None
+            out.append({"shape": r["shape"], "weight": r["weight"], "activation": r["activation"],
+                        "backend": r["backend"], "cores": cores, "gbps": gbps, "ms": t, "ik_ms": t_ik,
+                        "vs_ik": t_ik / t if t_ik else None})
+    return out
+
+
+def projection_table(rows: list[dict]) -> str:
+    keys = list(dict.fromkeys((r["shape"], r["weight"], r["activation"], r["backend"]) for r in rows))
+    body = []
+    for key in keys:
+        mine = [r for r in rows if (r["shape"], r["weight"], r["activation"], r["backend"]) == key]
+        body.append([key[0], f"{key[1]} x {key[2]}", key[3]] +
+                    [f"{_f(r['ms'], '.3g')} / {_f(r['ik_ms'], '.3g')} = {_f(r['vs_ik'], '.2f')}" for r in mine])
+    return table(["shape", "pair", "backend"] + [f"{c} cores {g} GB/s" for c, g in HOSTS], body)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     ik, ik_note = None, "ik_llama.cpp: skipped (--no-ik)"
@@ -674,6 +800,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         all_baselines += baselines
         print(f"\n{shape[0]}x{shape[1]} (rows x K)\n{shape_table(lines, baselines)}", flush=True)
 
+    projection = project(all_lines, all_baselines)
+    if projection:
+        print("\nGEMV projected to larger hosts: iq1q ms / ik ms = speed-up over ik "
+              "(max(t=1 ms / cores, bytes streamed / bandwidth))")
+        print(projection_table(projection))
     summary = summarize(all_lines, all_baselines)
     if summary:
         print(f"\nTargets: speed-up over ik at {TARGET_SHAPE[0]}x{TARGET_SHAPE[1]}, one thread "
@@ -686,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         header["ik_info"] = ik.info if ik else {}
         with open(args.json, "w") as f:
             json.dump({"header": header, "rows": all_lines, "baselines": all_baselines,
-                       "summary": summary}, f, indent=1)
+                       "summary": summary, "projection": projection}, f, indent=1)
         log(f"wrote {args.json}")
 
 

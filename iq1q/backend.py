@@ -9,13 +9,17 @@ import numpy as np
 
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format, weight_format
 
-# kernel(w, a_bytes, y, K, threads): y = X @ W.T, where y is (M, N) float32, a_bytes the whole
-# activation tensor and w the weight tensor's ggml bytes; runs on up to `threads` threads (its
-# own split), releases the GIL. A kernel keeps nothing between calls: a weight tensor is the
-# ggml bytes alone (per-call scratch is the kernel's business).
-GemmKernel = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], None]
+# kernel(w, a_bytes, y, K, threads[, prepared]): y = X @ W.T, where y is (M, N) float32, a_bytes
+# the whole activation tensor and w the weight tensor's ggml bytes; runs on up to `threads`
+# threads (its own split), releases the GIL. A kernel keeps nothing between calls (per-call
+# scratch is its business). `prepared` comes only to a backend with weight_packers, and only
+# for a tensor the user prepared (QuantizedTensor.prepare): what the packer made of w.
+GemmKernel = Callable[..., None]
 # quantizer(x, out, threads) -> first row holding NaN/Inf, or -1; x is (M, K) float32.
 ActivationQuantizer = Callable[[np.ndarray, np.ndarray, int], int]
+# packer(format id, ggml bytes, N, K, threads) -> the weights in the backend's own layout, made
+# when the user prepares a tensor and kept with it until released.
+WeightPacker = Callable[[int, np.ndarray, int, int, int], np.ndarray]
 
 
 def _always() -> bool:
@@ -29,6 +33,7 @@ class Backend:
     name: str
     kernels: Mapping[tuple[str, str], GemmKernel] = field(default_factory=dict, repr=False)
     activation_quantizers: Mapping[str, ActivationQuantizer] = field(default_factory=dict, repr=False)
+    weight_packers: Mapping[str, WeightPacker] = field(default_factory=dict, repr=False)
     priority: int = 0
     is_available: Callable[[], bool] = field(default=_always, repr=False)  # e.g. a CPU feature check
     description: str = ""
@@ -40,6 +45,8 @@ class Backend:
             weight_format(w), activation_format(a)
         for a in self.activation_quantizers:
             activation_format(a)
+        for w in self.weight_packers:
+            weight_format(w)
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,8 @@ def activation_format(name: str | Format) -> Format:
             f"{fmt.name} is not an activation format; choose one of {', '.join(ACTIVATION_FORMATS)}"
         )
     return fmt
+
+
+def auto_activation(weight_format: str) -> str:
+    """What ik_llama.cpp pairs a weight with: q8_k128 for _r4, q8_k for plain formats."""
+    return "q8_k128" if weight_format.endswith("_r4") else "q8_k"

@@ -10,16 +10,11 @@ import numpy as np
 
 from . import hazards, registry
 from .arrays import as_rows
-from .formats import WEIGHT_FORMATS, Format, activation_format
+from .formats import WEIGHT_FORMATS, Format, activation_format, auto_activation
 from .tensors import QuantizedActivations, QuantizedTensor, check_shape
 from .threads import num_threads
 
 OVERFLOW_POLICIES = ("raise", "warn", "ignore")
-
-
-def auto_activation(weight_format: str) -> str:
-    """What ik_llama.cpp pairs a weight with: q8_k128 for _r4, q8_k for plain formats."""
-    return "q8_k128" if weight_format.endswith("_r4") else "q8_k"
 
 
 # looked up once: matmul runs this on every call, and a 512 x 512 GEMV takes ~10 us in all
@@ -94,5 +89,10 @@ def matmul(x, W: QuantizedTensor, activation: str = "auto", backend: str | None 
         rows, a = x2.shape[0], _quantize(x2, afmt, route.quantize, nthreads)
     y = np.empty((rows, N), dtype=np.float32)
     if y.size:  # an empty product is not the kernels' business
-        route.kernel(W.data, a, y, K, nthreads)  # the native side splits the work
+        # the native side splits the work; a prepared tensor hands over its backend's layout
+        prepared = W._prepared.get(route.packer) if route.packer else None
+        if prepared is None:
+            route.kernel(W.data, a, y, K, nthreads)
+        else:
+            route.kernel(W.data, a, y, K, nthreads, prepared)
     return y[0] if vector else y

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from . import plugins
-from .backend import ALL_PAIRS, ActivationQuantizer, BackendInfo, GemmKernel
+from .backend import ALL_PAIRS, ActivationQuantizer, BackendInfo, GemmKernel, WeightPacker
 from .formats import Format, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
@@ -59,12 +59,13 @@ def _search_order(name: str | None) -> list[BackendInfo]:
 
 @dataclass(frozen=True)
 class Route:
-    """What serves a format pair: the backend's name, its kernel, and the activation
-    quantizer to use."""
+    """What serves a format pair: the backend's name, its kernel, the activation quantizer to
+    use, and the backend's packer of the weight format, when it has one (for prepare)."""
 
     backend: str
     kernel: GemmKernel
     quantize: ActivationQuantizer
+    packer: WeightPacker | None
 
 
 def _cache_key(backend: str | None, *formats: str | Format) -> tuple:
@@ -85,7 +86,8 @@ def route(weight: str | Format, activation: str | Format, backend: str | None = 
         pair = (weight_format(weight).name, activation_format(activation).name)
         for b in _search_order(backend):
             if pair in b.backend.kernels:
-                found = Route(b.name, b.backend.kernels[pair], activation_quantizer(pair[1], backend)[1])
+                found = Route(b.name, b.backend.kernels[pair], activation_quantizer(pair[1], backend)[1],
+                              b.backend.weight_packers.get(pair[0]))
                 break
         else:
             raise LookupError(f"no available backend serves {pair[0]} x {pair[1]}")

@@ -169,6 +169,7 @@ static inline void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uin
 
 typedef struct {
     const uint8_t *w; /* the ggml bytes */
+    const uint8_t *tiles; /* or all tiles, decoded beforehand (iq1q_tile_pack), or NULL */
     int wfmt;
     iq1q_tile_layout L;
     int64_t N, M, ntiles, tiles_per_task;
@@ -186,7 +187,7 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
     const int hist = A->s != NULL;
     iq1q_simd_half ops[2 * IQ1Q_SIMD_KCH];
     float fbuf[IQ1Q_SIMD_MC * 2 * IQ1Q_TILE_ROWS];
-    uint8_t *tile = J->scratch + (size_t)task * 2 * L->bytes;
+    uint8_t *scratch = J->scratch + (size_t)task * 2 * L->bytes;
     /* tiles per step: a pair where the job runs pairs. An odd last tile is paired with
      * itself, and its copy is not written out. */
     const int pair = J->pair, width = (pair ? 2 : 1) * IQ1Q_TILE_ROWS;
@@ -196,12 +197,15 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
         const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
         for (int64_t t = t0; t < t1; t += pair ? 2 : 1) {
             const int two = pair && t + 1 < t1;
+            uint8_t *tile = J->tiles ? (uint8_t *)J->tiles + (size_t)t * L->bytes : scratch;
             uint8_t *tile2 = !pair ? NULL : two ? tile + L->bytes : tile;
             memset(fbuf, 0, sizeof(float) * (size_t)width * (size_t)mc);
             for (int64_t c0 = 0; c0 < L->nchunks; c0 += IQ1Q_SIMD_KCH) {
                 const int64_t c1 = c0 + IQ1Q_SIMD_KCH < L->nchunks ? c0 + IQ1Q_SIMD_KCH : L->nchunks;
-                iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t, c0, c1, L, tile);
-                if (two) iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t + 1, c0, c1, L, tile2);
+                if (!J->tiles) { /* read only, then */
+                    iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t, c0, c1, L, tile);
+                    if (two) iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t + 1, c0, c1, L, tile2);
+                }
                 if (J->fused) { /* make each operand where it is used */
                     iq1q_simd_rows_n((int)mc, ops, tile, tile2, L, A, m0, c0, c1, fbuf, hist, 1);
                     continue;
@@ -249,12 +253,14 @@ static inline int64_t iq1q_simd_tasks(int64_t n, int nthreads, int64_t min_units
 }
 
 /* y (M x N) = X @ W.T for an N x K weight tensor w (ggml bytes of weight format wfmt)
- * and activations a (M rows of format afmt); hist: the historical iq1_s_r4 x q8_1
- * kernel. Returns 0, or -1 when out of memory. */
-static int iq1q_simd_gemm(int wfmt, int afmt, int hist, const uint8_t *w, int64_t N, int64_t K,
-                          const uint8_t *a, int64_t M, float *y, int nthreads, iq1q_pool_run_fn run) {
+ * and activations a (M rows of format afmt); tiles: the weights decoded beforehand by
+ * iq1q_tile_pack (a prepared tensor), or NULL to decode as the work goes; hist: the
+ * historical iq1_s_r4 x q8_1 kernel. Returns 0, or -1 when out of memory. */
+static int iq1q_simd_gemm(int wfmt, int afmt, int hist, const uint8_t *w, const uint8_t *tiles, int64_t N,
+                          int64_t K, const uint8_t *a, int64_t M, float *y, int nthreads, iq1q_pool_run_fn run) {
     iq1q_simd_job J;
     J.w = w;
+    J.tiles = tiles;
     J.wfmt = wfmt;
     J.L = iq1q_tile_layout_for(K);
     J.N = N;
@@ -296,7 +302,7 @@ static int iq1q_simd_gemm(int wfmt, int afmt, int hist, const uint8_t *w, int64_
     if (J.pair) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
     const int64_t njobs = (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task;
     /* two tiles per task, each touched a panel at a time (tile bytes are 64-byte multiples) */
-    J.scratch = aligned_alloc(64, (size_t)njobs * 2 * J.L.bytes);
+    J.scratch = aligned_alloc(64, tiles ? 64 : (size_t)njobs * 2 * J.L.bytes);
     if (!J.scratch) {
         free(scratch);
         return -1;

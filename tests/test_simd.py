@@ -62,6 +62,20 @@ def test_few_and_many_rows_give_the_same_bits(pair, simd, rng):
         np.testing.assert_array_equal(few, many[lo:lo + n])
 
 
+@pytest.mark.parametrize("wfmt", iq1q.WEIGHT_FORMATS)
+def test_prepared_tensors_give_the_same_bits(wfmt, simd, rng):
+    """A prepared tensor hands the kernels its tiles, made once; an unprepared one has them
+    decoded from its ggml bytes panel by panel in every call. The operands are the same."""
+    W = iq1q.quantize(rng.standard_normal((20, 1280)).astype(np.float32), wfmt)
+    for M in (1, 3, 9, 150):
+        x = (rng.standard_normal((M, 1280)) * rng.uniform(0.1, 10, (M, 1))).astype(np.float32)
+        plain = iq1q.matmul(x, W, backend=simd)
+        assert W.prepare(backend=simd) is W and W.prepared_bytes > 0
+        np.testing.assert_array_equal(iq1q.matmul(x, W, backend=simd), plain)
+        W.release()
+        assert W.prepared_bytes == 0
+
+
 def test_results_do_not_depend_on_threads(simd, rng):
     W = iq1q.quantize(rng.standard_normal((200, 512)).astype(np.float32), "iq1_m_r4")
     x = rng.standard_normal((33, 512)).astype(np.float32)

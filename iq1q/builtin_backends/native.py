@@ -11,6 +11,8 @@ import importlib
 from functools import partial
 from types import ModuleType
 
+import numpy as np
+
 from .. import cpu
 from ..backend import Backend
 from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
@@ -28,6 +30,13 @@ def activation_quantizers(module: ModuleType) -> dict:
     return {a: partial(module.quantize_activations, IDS[a]) for a in ACTIVATION_FORMATS}
 
 
+def _packer(module: ModuleType, fmt: int, data: np.ndarray, N: int, K: int, threads: int) -> np.ndarray:
+    out = np.empty(module.packed_size(N, K), dtype=np.uint8)
+    module.pack(fmt, data, N, K, out, threads)
+    out.flags.writeable = False
+    return out
+
+
 def simd_backend(name: str, module: str, features: tuple[str, ...], priority: int,
                  description: str) -> Backend:
     """A backend over an x86/ARM kernel module (kernels/simd_gemm.h), imported only when the
@@ -43,4 +52,5 @@ def simd_backend(name: str, module: str, features: tuple[str, ...], priority: in
         description=description,
         kernels=kernels(mod),
         activation_quantizers=activation_quantizers(mod),
+        weight_packers={w: partial(_packer, mod) for w in WEIGHT_FORMATS},
     )

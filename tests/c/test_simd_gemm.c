@@ -57,7 +57,7 @@ static int check(int wfmt, int afmt, int64_t N, int64_t M, int64_t K) {
     iq1q_ref_act_quantizers[afmt - IQ1Q_Q8_0](x, aq, M, K);
     iq1q_ref_gemm_table[wfmt][afmt - IQ1Q_Q8_0](wq, aq, want, K, M, 0, N, N);
     const int hist = wfmt == IQ1Q_IQ1_S_R4 && afmt == IQ1Q_Q8_1;
-    int ok = iq1q_simd_gemm(wfmt, afmt, hist, wq, N, K, aq, M, got, 1, serial_run) == 0;
+    int ok = iq1q_simd_gemm(wfmt, afmt, hist, wq, NULL, N, K, aq, M, got, 1, serial_run) == 0;
     double scale = 0.0, err = 0.0;
     for (int64_t i = 0; i < M * N; ++i) {
         scale = fmax(scale, fabs((double)want[i]));
