@@ -43,9 +43,9 @@ class HessianOptions:
     """
 
     damping: float = 0.1
-    passes: int = 2
-    sweeps: int = 4
-    candidates: int = 3
+    passes: int = 1
+    sweeps: int = 3
+    candidates: int = 2
     order: bool = True
     metric: str = "conditional"
 

@@ -180,6 +180,15 @@ class _Layer:
         self.lin, self.norms = lin, norms
 
 
+@dataclass(frozen=True)
+class Positions:
+    """What every block of one forward pass shares: token positions and attention masks."""
+
+    pos: np.ndarray          # (T,) 0..T-1
+    causal: np.ndarray       # (T, T) True where a key is in the query's future
+    swa_mask: np.ndarray     # causal, and also True beyond the sliding window
+
+
 class Model:
     """A causal decoder read from GGUF: forward(tokens) -> logits."""
 
@@ -251,6 +260,20 @@ class Model:
                 norms["post_ffn"] = vec(p + "post_ffw_norm.weight", c.n_embd)
             self.layers.append(_Layer(lin, norms))
 
+    def set_weight(self, name: str, weight: QuantizedTensor | np.ndarray) -> None:
+        """Replace a block linear layer's weight (same shape) by tensor name, e.g. with its
+        quantized version."""
+        for layer in self.layers:
+            for key, lin in layer.lin.items():
+                if lin.name == name:
+                    if tuple(weight.shape) != lin.shape:
+                        raise ValueError(f"{name}: shape {tuple(weight.shape)} differs from {lin.shape}")
+                    if not isinstance(weight, QuantizedTensor):
+                        weight = np.ascontiguousarray(weight, dtype=np.float32)
+                    layer.lin[key] = Linear(name, weight)
+                    return
+        raise KeyError(f"no block linear layer {name!r}")
+
     def linears(self) -> list[Linear]:
         """Every linear layer in the order forward() calls them (the output head last)."""
         return [lin for layer in self.layers for lin in layer.lin.values()] + [self.output]
@@ -269,7 +292,15 @@ class Model:
             return self._hidden(tokens, hook)
 
     def _hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None) -> np.ndarray:
-        c, act, th = self.config, self.activation, self.threads
+        x, where = self.embed(tokens)
+        for il in range(len(self.layers)):
+            x = self.block(il, x, where, hook)
+        return rms_norm(x, self.output_norm, self.config.eps)
+
+    def embed(self, tokens: Sequence[int] | np.ndarray) -> tuple[np.ndarray, Positions]:
+        """The first block's input (T, n_embd) for tokens at positions 0..T-1, and the
+        positions and masks every block of that pass uses."""
+        c = self.config
         ids = self._tokens(tokens)
         T = ids.size
         x = self.embedding[ids]
@@ -279,45 +310,51 @@ class Model:
         causal = np.triu(np.ones((T, T), bool), 1)  # True where a key is in the query's future
         dist = pos[:, None] - pos[None, :]
         swa_mask = causal | (dist >= c.sliding_window) if c.sliding_window else causal
+        return x, Positions(pos, causal, swa_mask)
+
+    def block(self, il: int, x: np.ndarray, where: Positions, hook: Hook | None = None) -> np.ndarray:
+        """Block il on its input x (T, n_embd) -> the next block's input."""
+        c, act, th = self.config, self.activation, self.threads
+        T = x.shape[0]
+        pos = where.pos
         mlp = _ACTIVATIONS[c.facts.activation]
         group = c.n_head // c.n_head_kv
-        for il, layer in enumerate(self.layers):
-            L, N = layer.lin, layer.norms
-            sliding = c.swa_layers[il]
-            base = c.facts.rope_base_swa if sliding else c.rope_base
-            scale = 1.0 if sliding else c.rope_scale
-            h = rms_norm(x, N["attn"], c.eps)
-            q = L["q"](h, act, th, hook).reshape(T, c.n_head, c.head_dim)
-            k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
-            v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
-            if c.facts.qk_norm:
-                q, k = rms_norm(q, N["q"], c.eps), rms_norm(k, N["k"], c.eps)
-            q = rope(q, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
-            k = rope(k, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
-            # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts;
-            # one KV head at a time, so that the scores take group * T * T floats, not n_head * T * T
-            qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
-            mask = swa_mask if sliding else causal
-            o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
-            for j in range(c.n_head_kv):
-                s = qg[j] @ k[:, j].T  # (group, T, T)
-                s[:, mask] = -np.inf
-                s -= s.max(axis=-1, keepdims=True)
-                np.exp(s, out=s)
-                s /= s.sum(axis=-1, keepdims=True)
-                o[:, j] = (s @ v[:, j]).transpose(1, 0, 2)
-            o = o.reshape(T, c.n_head * c.value_dim)
-            o = L["o"](np.ascontiguousarray(o), act, th, hook)
-            if c.facts.post_norms:
-                o = rms_norm(o, N["post_attn"], c.eps)
-            x = x + o
-            h = rms_norm(x, N["ffn"], c.eps)
-            f = mlp(L["gate"](h, act, th, hook)) * L["up"](h, act, th, hook)
-            f = L["down"](f, act, th, hook)
-            if c.facts.post_norms:
-                f = rms_norm(f, N["post_ffn"], c.eps)
-            x = x + f
-        return rms_norm(x, self.output_norm, c.eps)
+        layer = self.layers[il]
+        L, N = layer.lin, layer.norms
+        sliding = c.swa_layers[il]
+        base = c.facts.rope_base_swa if sliding else c.rope_base
+        scale = 1.0 if sliding else c.rope_scale
+        h = rms_norm(x, N["attn"], c.eps)
+        q = L["q"](h, act, th, hook).reshape(T, c.n_head, c.head_dim)
+        k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
+        v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
+        if c.facts.qk_norm:
+            q, k = rms_norm(q, N["q"], c.eps), rms_norm(k, N["k"], c.eps)
+        q = rope(q, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
+        k = rope(k, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
+        # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts;
+        # one KV head at a time, so that the scores take group * T * T floats, not n_head * T * T
+        qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
+        mask = where.swa_mask if sliding else where.causal
+        o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
+        for j in range(c.n_head_kv):
+            s = qg[j] @ k[:, j].T  # (group, T, T)
+            s[:, mask] = -np.inf
+            s -= s.max(axis=-1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(axis=-1, keepdims=True)
+            o[:, j] = (s @ v[:, j]).transpose(1, 0, 2)
+        o = o.reshape(T, c.n_head * c.value_dim)
+        o = L["o"](np.ascontiguousarray(o), act, th, hook)
+        if c.facts.post_norms:
+            o = rms_norm(o, N["post_attn"], c.eps)
+        x = x + o
+        h = rms_norm(x, N["ffn"], c.eps)
+        f = mlp(L["gate"](h, act, th, hook)) * L["up"](h, act, th, hook)
+        f = L["down"](f, act, th, hook)
+        if c.facts.post_norms:
+            f = rms_norm(f, N["post_ffn"], c.eps)
+        return x + f
 
     def logits(self, hidden: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The output head on final hidden states (rows, n_embd) -> (rows, n_vocab)."""
