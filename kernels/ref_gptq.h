@@ -303,44 +303,51 @@ static void iq1q_gq_copy(const iq1q_gq_layout *L, int64_t K, iq1q_gq_row *dst, c
  *   s^2 Q_sign[k] - 2 s (e_k . b),   e_k = G_k + sign * delta,
  * which is (t - s e)' M (t - s e) - t'Mt for b = M t and Q = e'Me: the best
  * group for target t under the metric M at scale s. Returns that value.
- * Written as fixed-length loops over arrays so that the compiler vectorizes
- * them at the baseline instruction set: chunks of 16 entries, and only a
- * chunk whose minimum beats the best so far is scanned for its index. */
+ * One pass over the entries computes both signs' values into arrays, with a running
+ * minimum per lane (element-wise, so the compiler vectorizes it at the baseline
+ * instruction set); the index is then the first entry reaching the minimum, sign +1
+ * before -1, as a sequential scan with a strict "<" would pick. */
 static float iq1q_gq_search(const float *Q, const float b[8], float s, int allow, int *kout, int *sout) {
     if (s == 0.0f) {
         *kout = IQ1Q_GRID_ZERO;
         *sout = 1;
         return 0.0f;
     }
-    float eb[IQ1Q_GRID_SIZE];
-    for (int k = 0; k < IQ1Q_GRID_SIZE; ++k) eb[k] = iq1q_gq_Gt[0][k] * b[0];
-    for (int j = 1; j < 8; ++j) {
-        const float bj = b[j];
-        const float *g = iq1q_gq_Gt[j];
-        for (int k = 0; k < IQ1Q_GRID_SIZE; ++k) eb[k] += g[k] * bj;
-    }
     const float sb = b[0] + b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + b[7];
-    const float s2 = s * s, ts = 2.0f * s;
+    const float s2 = s * s, ts = 2.0f * s, c = ts * IQ1Q_DELTA * sb;
+    const float *qp = Q, *qm = Q + IQ1Q_GRID_SIZE;
+    const float *g0 = iq1q_gq_Gt[0], *g1 = iq1q_gq_Gt[1], *g2 = iq1q_gq_Gt[2], *g3 = iq1q_gq_Gt[3];
+    const float *g4 = iq1q_gq_Gt[4], *g5 = iq1q_gq_Gt[5], *g6 = iq1q_gq_Gt[6], *g7 = iq1q_gq_Gt[7];
+    float vp[IQ1Q_GRID_SIZE], vm[IQ1Q_GRID_SIZE], lp[8], lm[8];
+    for (int i = 0; i < 8; ++i) lp[i] = lm[i] = FLT_MAX;
+    for (int k0 = 0; k0 < IQ1Q_GRID_SIZE; k0 += 8)
+        for (int i = 0; i < 8; ++i) {
+            const int k = k0 + i;
+            const float eb = g0[k] * b[0] + g1[k] * b[1] + g2[k] * b[2] + g3[k] * b[3] + g4[k] * b[4] +
+                             g5[k] * b[5] + g6[k] * b[6] + g7[k] * b[7];
+            const float t = ts * eb;
+            const float p = s2 * qp[k] - t - c, m = s2 * qm[k] - t + c;
+            vp[k] = p;
+            vm[k] = m;
+            lp[i] = p < lp[i] ? p : lp[i];
+            lm[i] = m < lm[i] ? m : lm[i];
+        }
     float best = FLT_MAX;
+    for (int i = 0; i < 8; ++i) {
+        if ((allow & 1) && lp[i] < best) best = lp[i];
+        if ((allow & 2) && lm[i] < best) best = lm[i];
+    }
     int bk = IQ1Q_GRID_ZERO, bsg = 1;
-    for (int pass = 0; pass < 2; ++pass) {
-        if (!(allow & (1 << pass))) continue;
-        const float sg = pass ? -1.0f : 1.0f;
-        const float *q = Q + pass * IQ1Q_GRID_SIZE;
-        const float c = ts * sg * IQ1Q_DELTA * sb;
-        for (int k0 = 0; k0 < IQ1Q_GRID_SIZE; k0 += 16) {
-            float v[16], m[8];
-            for (int i = 0; i < 16; ++i) v[i] = s2 * q[k0 + i] - ts * eb[k0 + i] - c;
-            for (int i = 0; i < 8; ++i) m[i] = v[i] < v[i + 8] ? v[i] : v[i + 8];
-            float mm = m[0];
-            for (int i = 1; i < 8; ++i) mm = m[i] < mm ? m[i] : mm;
-            if (!(mm < best)) continue;
-            for (int i = 0; i < 16; ++i)
-                if (v[i] < best) {
-                    best = v[i];
-                    bk = k0 + i;
-                    bsg = pass ? -1 : 1;
-                }
+    int k = 0;
+    if (allow & 1)
+        for (k = 0; k < IQ1Q_GRID_SIZE && vp[k] != best; ++k) continue;
+    if ((allow & 1) && k < IQ1Q_GRID_SIZE) {
+        bk = k;
+    } else if (allow & 2) {
+        for (k = 0; k < IQ1Q_GRID_SIZE && vm[k] != best; ++k) continue;
+        if (k < IQ1Q_GRID_SIZE) {
+            bk = k;
+            bsg = -1;
         }
     }
     *kout = bk;
@@ -512,14 +519,28 @@ static void iq1q_gq_gptq_row(const iq1q_gptq_problem *P, const iq1q_gq_layout *L
 /* Polish: coordinate descent on (x - w)' H (x - w)                          */
 /* ======================================================================== */
 
-/* r = H (x - w); returns (x - w)' r. H is symmetric, so r is a sum of H's rows: axpy
- * loops, which the compiler vectorizes in strict float mode (a dot product it may not). */
-static double iq1q_gq_residual(const float *H, int64_t K, const float *x, const float *w, double *r, double *e) {
+/* r = H (x - w), and hx = H x unless hx is NULL; returns (x - w)' r. H is symmetric, so
+ * r is a sum of H's rows: axpy loops, which the compiler vectorizes in strict float mode
+ * (a dot product it may not). */
+static double iq1q_gq_residual(const float *H, int64_t K, const float *x, const float *w, double *r, double *e,
+                               double *hx) {
     for (int64_t j = 0; j < K; ++j) {
         e[j] = (double)x[j] - (double)w[j];
         r[j] = 0.0;
     }
-    for (int64_t j = 0; j < K; ++j) {
+    if (hx) {
+        memset(hx, 0, (size_t)K * sizeof(double));
+        for (int64_t j = 0; j < K; ++j) {
+            const double ej = e[j], xj = x[j];
+            const float *h = H + j * K;
+            for (int64_t i = 0; i < K; ++i) {
+                const double hi = h[i];
+                r[i] += ej * hi;
+                hx[i] += xj * hi;
+            }
+        }
+    }
+    for (int64_t j = 0; j < K && !hx; ++j) {
         const double ej = e[j];
         if (ej == 0.0) continue;
         const float *h = H + j * K;
@@ -696,19 +717,20 @@ static int iq1q_gq_sweep(const iq1q_gptq_problem *P, const iq1q_gq_layout *L, iq
     return changes;
 }
 
-/* Polishes s and returns its objective (exact, recomputed at the end; r is updated
- * move by move in between). The scales of a row move every sweep (O(K) each); those of
+/* Polishes s and returns its objective (r is computed once, then updated move by move). The scales of a row move every sweep (O(K) each); those of
  * 256-column spans, O(K^2) a row, in the last sweep only. */
 static double iq1q_gq_polish(const iq1q_gptq_problem *P, const iq1q_gq_layout *L, const float *x,
                              iq1q_gq_row *s, iq1q_gq_scratch *S) {
     iq1q_gq_values(L, P->K, s, S->w);
-    double cost = iq1q_gq_residual(P->H, P->K, x, S->w, S->r, S->hv);
+    double cost = iq1q_gq_residual(P->H, P->K, x, S->w, S->r, S->hv, NULL);
     if (P->sweeps == 0) return cost;
     for (int it = 0; it < P->sweeps; ++it) {
         const int last = it == P->sweeps - 1;
         if (!iq1q_gq_sweep(P, L, s, S, !L->span || last) && (!L->span || last)) break;
     }
-    return iq1q_gq_residual(P->H, P->K, x, S->w, S->r, S->hv);
+    cost = 0.0; /* from r as the moves left it: exact up to rounding, and no O(K^2) pass */
+    for (int64_t i = 0; i < P->K; ++i) cost += ((double)x[i] - (double)S->w[i]) * S->r[i];
+    return cost;
 }
 
 /* ======================================================================== */
@@ -761,20 +783,19 @@ static int iq1q_gptq_rows(const iq1q_gptq_problem *P, const float *x, uint8_t *y
             const int r = (int)(row % rows_per_group);
             uint8_t *yr = y + (row - r) * rs; /* the row, or its 4-row group */
             iq1q_gq_unpack(P->fmt, K, yr, r, &S.best);
-            memset(S.w, 0, (size_t)K * sizeof(float));
-            iq1q_gq_residual(P->H, K, xr, S.w, S.hx, S.hv); /* H x */
             iq1q_gq_values(&L, K, &S.best, S.w);
-            double bestc = iq1q_gq_residual(P->H, K, xr, S.w, S.r, S.hv);
+            double bestc = iq1q_gq_residual(P->H, K, xr, S.w, S.r, S.hv, S.hx);
             cost[2 * row] = bestc;
             int any = 0;
             for (int64_t i = 0; i < (L.span ? K / L.span : 1); ++i) any |= S.best.d[i] > 0;
             if (any) {
-                /* ik's solution polished */
-                iq1q_gq_copy(&L, K, &S.cur, &S.best);
-                const double c0 = iq1q_gq_polish(P, &L, xr, &S.cur, &S);
-                if (c0 < bestc) {
-                    bestc = c0;
-                    iq1q_gq_copy(&L, K, &S.best, &S.cur);
+                if (P->passes == 0) { /* ik's solution polished */
+                    iq1q_gq_copy(&L, K, &S.cur, &S.best);
+                    const double c0 = iq1q_gq_polish(P, &L, xr, &S.cur, &S);
+                    if (c0 < bestc) {
+                        bestc = c0;
+                        iq1q_gq_copy(&L, K, &S.best, &S.cur);
+                    }
                 }
                 for (int pass = 0; pass < P->passes; ++pass) {
                     /* scales from the best so far, everything else chosen anew */
