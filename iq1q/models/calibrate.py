@@ -32,16 +32,12 @@ from ..report import table
 from ..tensors import quantize_with_hessian
 from . import gguf_io
 from .chunks import calibration_chunks
-from .model import Model, from_gguf
+from .model import from_gguf
 from .tokenizer import Tokenizer
 
 # the block's linear layers in call order, grouped by shared input (iq1q.models.model._Layer.lin keys)
 STAGES: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 LAYER_TYPES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
-class _Captured(Exception):
-    """Raised by the hook once the wanted input is seen: the rest of the block is not needed."""
 
 
 @dataclass
@@ -91,23 +87,13 @@ class Calibration:
                 f"ik's method (imatrix = diag(H)):\n" + table(["block"] + types, rows))
 
 
-def _collect(model: Model, il: int, name: str, xs: Sequence[np.ndarray], where) -> np.ndarray:
-    """H = sum over the chunks of x'x, x the input of layer `name` of block il."""
+def _hessian(inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """H = sum over the chunks of x'x (float32 BLAS per chunk, summed in float64)."""
     h = None
-
-    def hook(n: str, x: np.ndarray) -> None:
-        nonlocal h
-        if n == name:
-            x = np.ascontiguousarray(x, np.float32)
-            xx = (x.T @ x).astype(np.float64)  # float32 BLAS over one chunk, summed in float64
-            h = xx if h is None else h + xx
-            raise _Captured
-
-    for x in xs:
-        try:
-            model.block(il, x, where, hook)
-        except _Captured:
-            pass
+    for x in inputs:
+        x = np.ascontiguousarray(x, np.float32)
+        xx = (x.T @ x).astype(np.float64)
+        h = xx if h is None else h + xx
     return h
 
 
@@ -139,37 +125,51 @@ def calibrate(src: gguf_io.GGUFFile, plans: Mapping, text: str, spill_dir: str |
         xs.append(x)
     spill = tempfile.TemporaryFile(dir=spill_dir, prefix=".iq1q-calibration-")
     offsets: dict[str, tuple[int, int]] = {}
-    steps = len(model.layers) * len(STAGES)
-    bar = tqdm(total=steps, desc="calibrate", unit="stage", leave=False, file=sys.stderr,
+    bar = tqdm(total=len(model.layers) * len(STAGES), desc="calibrate", unit="stage", leave=False, file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
+
+    def stage(il: int, keys: tuple[str, ...], inputs: list[np.ndarray]) -> None:
+        """Quantize the layers `keys` of block il, which all read `inputs`, with their Hessian."""
+        lin = model.layers[il].lin
+        names = [lin[k].name for k in keys]
+        todo = [n for n in names if n in planned]
+        bar.set_postfix_str(", ".join(todo) or f"blk.{il}", refresh=False)
+        h = _hessian(inputs) if todo else None
+        for k, n in zip(keys, names):
+            p, w = plans.get(n), lin[k].weight
+            if n in todo:
+                ts = time.perf_counter()
+                q, res = quantize_with_hessian(w, p.target.name, h, imatrix=p.imatrix, threads=threads,
+                                               options=options)
+                model.set_weight(n, q)
+                offsets[n] = (spill.tell(), q.nbytes)
+                spill.write(q.data.tobytes())
+                out.layers.append(LayerReport(n, p.target.name, out.tokens, float(res.plain.sum()),
+                                              float(res.final.sum()), time.perf_counter() - ts))
+            elif p is not None and p.quantized and p.target.iq1 is None:
+                # another type asked for (--tensor-type): the later layers see it as it will be
+                qt = gguf_io.GGMLQuantizationType(p.target.ggml_type)
+                model.set_weight(n, gguf_io.gguf.quants.dequantize(gguf_io.gguf.quants.quantize(w, qt), qt))
+        bar.update(1)
+
     try:
-        for il, layer in enumerate(model.layers):
-            for keys in STAGES:
-                names = [layer.lin[k].name for k in keys]
-                todo = [n for n in names if n in planned]
-                bar.set_postfix_str(", ".join(todo) or f"blk.{il}", refresh=False)
-                if todo:
-                    h = _collect(model, il, names[0], xs, where)
-                    for n in todo:
-                        p = planned[n]
-                        w = layer.lin[keys[names.index(n)]].weight
-                        ts = time.perf_counter()
-                        q, res = quantize_with_hessian(w, p.target.name, h, imatrix=p.imatrix, threads=threads,
-                                                       options=options)
-                        model.set_weight(n, q)
-                        offsets[n] = (spill.tell(), q.nbytes)
-                        spill.write(q.data.tobytes())
-                        out.layers.append(LayerReport(n, p.target.name, out.tokens, float(res.plain.sum()),
-                                                      float(res.final.sum()), time.perf_counter() - ts))
-                    del h
-                for n in names:  # another type asked for (--tensor-type): later layers see it too
-                    p = plans.get(n)
-                    if p is not None and p.quantized and p.target.iq1 is None:
-                        qt = gguf_io.GGMLQuantizationType(p.target.ggml_type)
-                        w = layer.lin[keys[names.index(n)]].weight
-                        model.set_weight(n, gguf_io.gguf.quants.dequantize(gguf_io.gguf.quants.quantize(w, qt), qt))
-                bar.update(1)
-            xs = [model.block(il, x, where) for x in xs]  # the next block's inputs, through the quantized block
+        # each step once per chunk, its result kept for the next: the layers of a stage see
+        # the outputs of the quantized layers of the stages before
+        for il in range(len(model.layers)):
+            hs = [model.attention_norm(il, x) for x in xs]
+            stage(il, STAGES[0], hs)
+            att = [model.attention(il, h, where) for h in hs]
+            del hs
+            stage(il, STAGES[1], att)
+            xs = [model.attention_residual(il, x, a) for x, a in zip(xs, att)]
+            del att
+            hs = [model.ffn_norm(il, x) for x in xs]
+            stage(il, STAGES[2], hs)
+            fs = [model.ffn_hidden(il, h) for h in hs]
+            del hs
+            stage(il, STAGES[3], fs)
+            xs = [model.ffn_residual(il, x, f) for x, f in zip(xs, fs)]
+            del fs
     finally:
         bar.close()
     spill.flush()
