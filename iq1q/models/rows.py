@@ -64,8 +64,10 @@ class RowMatrix:
         rows = np.concatenate([self.rows(g * self.group, g * self.group + self.group) for g in groups])
         return rows[inverse * self.group + ids % self.group]
 
-    def slices(self, step: int = SLICE_ROWS) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(r0, r1, rows [r0, r1) as float32) over the whole matrix."""
+    def slices(self, step: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(r0, r1, rows [r0, r1) as float32) over the whole matrix, step rows at a time
+        (default SLICE_ROWS)."""
+        step = step or SLICE_ROWS
         step = max(self.group, step - step % self.group)
         for r0 in range(0, self.shape[0], step):
             r1 = min(r0 + step, self.shape[0])
