@@ -315,6 +315,8 @@ class Model:
         causal = np.triu(np.ones((T, T), bool), 1)  # True where a key is in the query's future
         dist = pos[:, None] - pos[None, :]
         swa_mask = causal | (dist >= c.sliding_window) if c.sliding_window else causal
+        # added to the scores: -inf where masked (an add is ~10x faster than a boolean scatter)
+        causal, swa_mask = (np.where(m, np.float32(-np.inf), np.float32(0)) for m in (causal, swa_mask))
         mlp = _ACTIVATIONS[c.facts.activation]
         group = c.n_head // c.n_head_kv
         for il, layer in enumerate(self.layers):
@@ -337,7 +339,7 @@ class Model:
             o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
             for j in range(c.n_head_kv):
                 s = qg[j] @ k[:, j].T  # (group, T, T)
-                s[:, mask] = -np.inf
+                s += mask
                 s -= s.max(axis=-1, keepdims=True)
                 np.exp(s, out=s)
                 s /= s.sum(axis=-1, keepdims=True)
