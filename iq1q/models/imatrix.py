@@ -234,17 +234,16 @@ def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks
 
     from . import gguf_io
     from .blas import blas_threads
-    from .chunks import chunks
+    from .chunks import calibration_chunks
     from .model import from_gguf
     from .tokenizer import Tokenizer
 
     f = gguf_io.read(model_path)
     tok = Tokenizer(f.metadata)
-    ids = tok.encode(text, add_bos=False)
-    if len(ids) + 1 < ctx:
-        raise ImatrixError(f"the text has {len(ids)} tokens, fewer than one chunk of --ctx {ctx}")
-    parts = chunks(ids, ctx, tok.bos_id, llama_compatible=True, max_chunks=max_chunks) if len(ids) + 1 >= 2 * ctx \
-        else [chunks(ids, ctx, tok.bos_id, max_chunks=1)[0]]
+    try:
+        parts = calibration_chunks(tok.encode(text, add_bos=False), ctx, tok.bos_id, max_chunks)
+    except ValueError as e:
+        raise ImatrixError(str(e)) from None
     model = from_gguf(f, threads=threads)
     col = Collector()
     with blas_threads(threads):

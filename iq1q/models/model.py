@@ -194,6 +194,15 @@ class _Layer:
         self.lin, self.norms = lin, norms
 
 
+@dataclass(frozen=True)
+class Positions:
+    """What every block of one forward pass shares: token positions and attention masks."""
+
+    pos: np.ndarray          # (T,) 0..T-1
+    causal: np.ndarray       # (T, T) float32 added to the scores: -inf where a key is in the query's future
+    swa_mask: np.ndarray     # the same, and -inf beyond the sliding window too
+
+
 class Model:
     """A causal decoder read from GGUF: forward(tokens) -> logits."""
 
@@ -287,6 +296,20 @@ class Model:
                 norms["post_ffn"] = vec(p + "post_ffw_norm.weight", c.n_embd)
             self.layers.append(_Layer(lin, norms))
 
+    def set_weight(self, name: str, weight: QuantizedTensor | np.ndarray) -> None:
+        """Replace a block linear layer's weight (same shape) by tensor name, e.g. with its
+        quantized version."""
+        for layer in self.layers:
+            for key, lin in layer.lin.items():
+                if lin.name == name:
+                    if tuple(weight.shape) != lin.shape:
+                        raise ValueError(f"{name}: shape {tuple(weight.shape)} differs from {lin.shape}")
+                    if not isinstance(weight, QuantizedTensor):
+                        weight = np.ascontiguousarray(weight, dtype=np.float32)
+                    layer.lin[key] = Linear(name, weight)
+                    return
+        raise KeyError(f"no block linear layer {name!r}")
+
     def linears(self) -> list[Linear]:
         """Every linear layer in the order forward() calls them (the output head last)."""
         return [lin for layer in self.layers for lin in layer.lin.values()] + [self.output]
@@ -305,7 +328,15 @@ class Model:
             return self._hidden(tokens, hook)
 
     def _hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None) -> np.ndarray:
-        c, act, th = self.config, self.activation, self.threads
+        x, where = self.embed(tokens)
+        for il in range(len(self.layers)):
+            x = self.block(il, x, where, hook)
+        return rms_norm(x, self.output_norm, self.config.eps)
+
+    def embed(self, tokens: Sequence[int] | np.ndarray) -> tuple[np.ndarray, Positions]:
+        """The first block's input (T, n_embd) for tokens at positions 0..T-1, and the
+        positions and masks every block of that pass uses."""
+        c = self.config
         ids = self._tokens(tokens)
         T = ids.size
         x = self.embedding.take(ids)
@@ -317,45 +348,75 @@ class Model:
         swa_mask = causal | (dist >= c.sliding_window) if c.sliding_window else causal
         # added to the scores: -inf where masked (an add is ~10x faster than a boolean scatter)
         causal, swa_mask = (np.where(m, np.float32(-np.inf), np.float32(0)) for m in (causal, swa_mask))
-        mlp = _ACTIVATIONS[c.facts.activation]
+        return x, Positions(pos, causal, swa_mask)
+
+    def block(self, il: int, x: np.ndarray, where: Positions, hook: Hook | None = None) -> np.ndarray:
+        """Block il on its input x (T, n_embd) -> the next block's input. The steps are also
+        methods of their own, for callers that need what passes between them (calibration)."""
+        a = self.attention(il, self.attention_norm(il, x), where, hook)
+        x = self.attention_residual(il, x, a, hook)
+        f = self.ffn_hidden(il, self.ffn_norm(il, x), hook)
+        return self.ffn_residual(il, x, f, hook)
+
+    def attention_norm(self, il: int, x: np.ndarray) -> np.ndarray:
+        """The input of attn_q, attn_k and attn_v."""
+        return rms_norm(x, self.layers[il].norms["attn"], self.config.eps)
+
+    def attention(self, il: int, h: np.ndarray, where: Positions, hook: Hook | None = None) -> np.ndarray:
+        """Self-attention of block il on normed h -> the input of attn_output (T, n_head * value_dim)."""
+        c, act, th = self.config, self.activation, self.threads
+        T = h.shape[0]
+        layer = self.layers[il]
+        L, N = layer.lin, layer.norms
+        sliding = c.swa_layers[il]
+        base = c.facts.rope_base_swa if sliding else c.rope_base
+        scale = 1.0 if sliding else c.rope_scale
+        q = L["q"](h, act, th, hook).reshape(T, c.n_head, c.head_dim)
+        k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
+        v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
+        if c.facts.qk_norm:
+            q, k = rms_norm(q, N["q"], c.eps), rms_norm(k, N["k"], c.eps)
+        q = rope(q, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
+        k = rope(k, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
+        # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts;
+        # one KV head at a time, so that the scores take group * T * T floats, not n_head * T * T
         group = c.n_head // c.n_head_kv
-        for il, layer in enumerate(self.layers):
-            L, N = layer.lin, layer.norms
-            sliding = c.swa_layers[il]
-            base = c.facts.rope_base_swa if sliding else c.rope_base
-            scale = 1.0 if sliding else c.rope_scale
-            h = rms_norm(x, N["attn"], c.eps)
-            q = L["q"](h, act, th, hook).reshape(T, c.n_head, c.head_dim)
-            k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
-            v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
-            if c.facts.qk_norm:
-                q, k = rms_norm(q, N["q"], c.eps), rms_norm(k, N["k"], c.eps)
-            q = rope(q, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
-            k = rope(k, pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
-            # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts;
-            # one KV head at a time, so that the scores take group * T * T floats, not n_head * T * T
-            qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
-            mask = swa_mask if sliding else causal
-            o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
-            for j in range(c.n_head_kv):
-                s = qg[j] @ k[:, j].T  # (group, T, T)
-                s += mask
-                s -= s.max(axis=-1, keepdims=True)
-                np.exp(s, out=s)
-                s /= s.sum(axis=-1, keepdims=True)
-                o[:, j] = (s @ v[:, j]).transpose(1, 0, 2)
-            o = o.reshape(T, c.n_head * c.value_dim)
-            o = L["o"](np.ascontiguousarray(o), act, th, hook)
-            if c.facts.post_norms:
-                o = rms_norm(o, N["post_attn"], c.eps)
-            x = x + o
-            h = rms_norm(x, N["ffn"], c.eps)
-            f = mlp(L["gate"](h, act, th, hook)) * L["up"](h, act, th, hook)
-            f = L["down"](f, act, th, hook)
-            if c.facts.post_norms:
-                f = rms_norm(f, N["post_ffn"], c.eps)
-            x = x + f
-        return rms_norm(x, self.output_norm, c.eps)
+        qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
+        mask = where.swa_mask if sliding else where.causal
+        o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
+        for j in range(c.n_head_kv):
+            s = qg[j] @ k[:, j].T  # (group, T, T)
+            s += mask
+            s -= s.max(axis=-1, keepdims=True)
+            np.exp(s, out=s)
+            s /= s.sum(axis=-1, keepdims=True)
+            o[:, j] = (s @ v[:, j]).transpose(1, 0, 2)
+        return np.ascontiguousarray(o.reshape(T, c.n_head * c.value_dim))
+
+    def attention_residual(self, il: int, x: np.ndarray, a: np.ndarray, hook: Hook | None = None) -> np.ndarray:
+        """x plus the attention output projected by attn_output (and normed, Gemma 3)."""
+        c, layer = self.config, self.layers[il]
+        o = layer.lin["o"](a, self.activation, self.threads, hook)
+        if c.facts.post_norms:
+            o = rms_norm(o, layer.norms["post_attn"], c.eps)
+        return x + o
+
+    def ffn_norm(self, il: int, x: np.ndarray) -> np.ndarray:
+        """The input of ffn_gate and ffn_up."""
+        return rms_norm(x, self.layers[il].norms["ffn"], self.config.eps)
+
+    def ffn_hidden(self, il: int, h: np.ndarray, hook: Hook | None = None) -> np.ndarray:
+        """act(gate(h)) * up(h): the input of ffn_down."""
+        L, act, th = self.layers[il].lin, self.activation, self.threads
+        return _ACTIVATIONS[self.config.facts.activation](L["gate"](h, act, th, hook)) * L["up"](h, act, th, hook)
+
+    def ffn_residual(self, il: int, x: np.ndarray, f: np.ndarray, hook: Hook | None = None) -> np.ndarray:
+        """x plus the MLP's output, projected by ffn_down (and normed, Gemma 3)."""
+        c, layer = self.config, self.layers[il]
+        f = layer.lin["down"](f, self.activation, self.threads, hook)
+        if c.facts.post_norms:
+            f = rms_norm(f, layer.norms["post_ffn"], c.eps)
+        return x + f
 
     def logit_slices(self, hidden: np.ndarray, hook: Hook | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
         """The output head on final hidden states (rows, n_embd), a slice of the vocabulary at
