@@ -19,7 +19,6 @@ of an interpreter that only imports what `iq1q quantize` imports.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
