@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 import ik_build  # noqa: E402  (where benchmarks/ikbench builds llama-perplexity)
+from timing import run_measured  # noqa: E402
 
 from iq1q.models.chunks import builtin_text  # noqa: E402
 from iq1q.report import table  # noqa: E402
@@ -78,7 +79,7 @@ def main() -> None:
         rows, results = [], []
         for t in args.threads:
             js = folder / f"ppl-{t}.json"
-            wall, rss, _ = child_rss([sys.executable, "-m", "iq1q", "perplexity", str(model), "--text", str(text),
+            wall, rss, _, _ = run_measured([sys.executable, "-m", "iq1q", "perplexity", str(model), "--text", str(text),
                                       "--ctx", str(args.ctx), "--llama-compatible", "--threads", str(t),
                                       "--no-progress", "--json", str(js)])
             r = json.loads(js.read_text())
@@ -86,9 +87,9 @@ def main() -> None:
             res = {"threads": t, "iq1q_s": wall, "iq1q_rss_mib": rss, "iq1q_ppl": ppl, "scored": scored}
             if ik is not None:
                 env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-                ik_wall, ik_rss, out = child_rss([str(ik), "-m", str(model), "-f", str(text), "-c", str(args.ctx),
-                                                  "-b", str(args.ctx), "-t", str(t)], env)
-                m = IK_PPL.search(out)
+                ik_wall, ik_rss, out, err = run_measured([str(ik), "-m", str(model), "-f", str(text),
+                                                          "-c", str(args.ctx), "-b", str(args.ctx), "-t", str(t)], env)
+                m = IK_PPL.search(out + err)
                 res.update(ik_s=ik_wall, ik_rss_mib=ik_rss, ik_ppl=float(m.group(1)) if m else None)
             results.append(res)
             rows.append([t, f"{wall:.2f}", f"{scored / wall:.0f}", f"{rss:.0f}", f"{ppl:.6g}",
@@ -106,22 +107,6 @@ def main() -> None:
                   + (f", ik {a['ik_s'] / b['ik_s']:.2f}x" if ik else ""))
         if args.json:
             Path(args.json).write_text(json.dumps({"model": str(model), "results": results}, indent=1))
-
-
-def child_rss(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, output) of cmd, run from a fresh intermediate Python:
-    RUSAGE_CHILDREN is the maximum over all children ever reaped, so each command needs a
-    parent of its own for its peak to be its own."""
-    code = ("import json, resource, subprocess, sys, time; t = time.perf_counter(); "
-            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "w = time.perf_counter() - t; "
-            "print(json.dumps([p.returncode, w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-            "p.stdout + p.stderr]))")
-    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, env=env, check=True)
-    rc, wall, rss_kib, text = json.loads(out.stdout)
-    if rc:
-        raise RuntimeError(f"{' '.join(cmd)} exited {rc}:\n{text[-2000:]}")
-    return wall, rss_kib / 1024, text
 
 
 if __name__ == "__main__":
