@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,35 +54,34 @@ class Timers:
         self.seconds: dict[str, float] = defaultdict(float)
         self.stack: list[list] = []  # [part, start, time of the parts inside]
 
-    def wrap(self, part: str, fn):
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Time the block as part `name`, less the parts timed inside it."""
+        self.stack.append([name, time.perf_counter(), 0.0])
+        try:
+            yield
+        finally:
+            name, t0, inner = self.stack.pop()
+            dt = time.perf_counter() - t0
+            self.seconds[name] += dt - inner
+            if self.stack:
+                self.stack[-1][2] += dt
+
+    def wrap(self, name: str, fn):
         def timed(*args, **kwargs):
-            self.stack.append([part, time.perf_counter(), 0.0])
-            try:
+            with self.part(name):
                 return fn(*args, **kwargs)
-            finally:
-                name, t0, inner = self.stack.pop()
-                dt = time.perf_counter() - t0
-                self.seconds[name] += dt - inner
-                if self.stack:
-                    self.stack[-1][2] += dt
         return timed
 
-    def generator(self, part: str, fn):
+    def generator(self, name: str, fn):
         """For a generator function: the time spent producing each item."""
         def timed(*args, **kwargs):
             it = fn(*args, **kwargs)
             while True:
-                self.stack.append([part, time.perf_counter(), 0.0])
-                try:
-                    item = next(it)
-                except StopIteration:
+                with self.part(name):
+                    item = next(it, None)
+                if item is None:
                     return
-                finally:
-                    name, t0, inner = self.stack.pop()
-                    dt = time.perf_counter() - t0
-                    self.seconds[name] += dt - inner
-                    if self.stack:
-                        self.stack[-1][2] += dt
                 yield item
         return timed
 
