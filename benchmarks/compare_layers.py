@@ -5,8 +5,10 @@ Hessian-aware one (`iq1q quantize --calibration`), both from the same calibratio
         [--eval FILE] [--chunks 16] [--eval-chunks 4] [--ik IK.gguf] [--new NEW.gguf] [--json OUT]
 
 Per block linear layer: the relative output error |X (W - Q)'| / |X W'| of each quantized
-file, X the layer's inputs in the float model on the evaluation text (iq1q's built-in text
-unless --eval), W the source weights. The calibration text (default: benchmarks/texts.py's,
+file, W the source weights, X the layer's inputs on the evaluation text (iq1q's built-in text
+unless --eval): in the float model (--inputs float, the default), or in the quantized model
+itself (--inputs own: each file's layers see what its own earlier layers produce, as they do
+when it runs). The calibration text (default: benchmarks/texts.py's,
 Julius Caesar) gives the imatrix of ik's method (`iq1q imatrix`, what llama-imatrix computes)
 and the Hessians of the new one. --ik / --new: files made already (skips quantizing; an
 existing path is used as it is, a missing one is written).
@@ -37,8 +39,15 @@ from iq1q.report import table  # noqa: E402
 
 
 def held_out_errors(model_path: Path, files: dict[str, Path], text: str, ctx: int, chunks: int | None,
-                    threads: int | None) -> dict[str, dict[str, float]]:
-    """{layer: {label: |X (W - Q)'| / |X W'|}} over the float model's inputs on text."""
+                    threads: int | None, inputs: str = "float") -> dict[str, dict[str, float]]:
+    """{layer: {label: |X (W - Q)'| / |X W'|}} over the float model's inputs on text, or (inputs
+    "own") each file's own."""
+    if inputs == "own":
+        out: dict[str, dict[str, float]] = {}
+        for label, path in files.items():
+            for n, e in _own_errors(model_path, path, text, ctx, chunks, threads).items():
+                out.setdefault(n, {})[label] = e
+        return out
     src = gguf_io.read(model_path)
     model = from_gguf(src, threads=threads)
     deltas: dict[str, dict[str, np.ndarray]] = {}
@@ -64,6 +73,28 @@ def held_out_errors(model_path: Path, files: dict[str, Path], text: str, ctx: in
     return {n: {k: float(np.sqrt(e / ref2[n])) for k, e in d.items()} for n, d in err2.items()}
 
 
+def _own_errors(model_path: Path, path: Path, text: str, ctx: int, chunks: int | None,
+                threads: int | None) -> dict[str, float]:
+    """{layer: |X (W - Q)'| / |X W'|}, X the inputs the quantized file's own model gives the layer."""
+    src = gguf_io.read(model_path)
+    f = gguf_io.read(path)
+    model = from_gguf(f, threads=threads)
+    weights = {n: np.asarray(src.tensors[n], np.float32) for n in f.raw
+               if n.startswith("blk.") and hasattr(f.tensors[n], "dequantize")}
+    deltas = {n: (w - f.tensors[n].dequantize()).T.copy() for n, w in weights.items()}
+    err2, ref2 = dict.fromkeys(deltas, 0.0), dict.fromkeys(deltas, 0.0)
+
+    def hook(name: str, x: np.ndarray) -> None:
+        if name in deltas:
+            ref2[name] += float(np.sum((x @ weights[name].T) ** 2, dtype=np.float64))
+            err2[name] += float(np.sum((x @ deltas[name]) ** 2, dtype=np.float64))
+
+    tok = Tokenizer(f.metadata)
+    for c in calibration_chunks(tok.encode(text, add_bos=False), ctx, tok.bos_id, chunks):
+        model.hidden(c.tokens, hook)
+    return {n: float(np.sqrt(err2[n] / ref2[n])) for n in deltas}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
@@ -75,6 +106,8 @@ def main() -> None:
     p.add_argument("--eval-chunks", type=int, default=4)
     p.add_argument("--ik", type=Path, help="ik's-method file: used if it exists, else written there")
     p.add_argument("--new", type=Path, help="Hessian-aware file: used if it exists, else written there")
+    p.add_argument("--inputs", choices=["float", "own"], default="float",
+                   help="X from the float model, or from each quantized model itself")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="write the per-layer errors here")
     a = p.parse_args()
@@ -96,7 +129,7 @@ def main() -> None:
         quantize_model(a.model, new, a.type, calibration=cal, ctx=a.ctx, chunks=a.chunks, threads=a.threads,
                        progress=False, warn=lambda m: None)
         seconds["new"] = time.perf_counter() - t0
-    errs = held_out_errors(Path(a.model), {"ik": ik, "new": new}, ev, a.ctx, a.eval_chunks, a.threads)
+    errs = held_out_errors(Path(a.model), {"ik": ik, "new": new}, ev, a.ctx, a.eval_chunks, a.threads, a.inputs)
     rows = [[n.removesuffix(".weight"), f"{e['ik']:.4f}", f"{e['new']:.4f}", f"{100 * (1 - e['new'] / e['ik']):.1f}"]
             for n, e in errs.items()]
     print(table(["layer", "ik rel err", "new rel err", "% lower"], rows))
@@ -107,7 +140,7 @@ def main() -> None:
             red = [1 - e["new"] / e["ik"] for e in v]
             summary.append([t, len(v), f"{np.mean([e['ik'] for e in v]):.4f}", f"{np.mean([e['new'] for e in v]):.4f}",
                             f"{100 * np.mean(red):.1f}", f"{100 * min(red):.1f}"])
-    print(f"\n{a.type}: held-out relative output error by layer type (mean over blocks)")
+    print(f"\n{a.type}: held-out relative output error by layer type (mean over blocks; inputs: {a.inputs} model)")
     print(table(["type", "layers", "ik", "new", "mean % lower", "min % lower"], summary))
     if seconds:
         print("\nquantization wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))

@@ -31,6 +31,8 @@ class HessianOptions:
 
     damping: added to the diagonal as a fraction of its mean (regularises a Hessian from few
         tokens; 0.01 over-fits).
+    shrink: the off-diagonal entries are scaled by 1 - shrink (a Hessian from few tokens
+        overstates the correlations between inputs; 0.1 lowered the held-out error a little).
     passes: GPTQ passes (each from the scales the previous one ended with); 0 keeps only the
         polished plain solution.
     sweeps: coordinate-descent sweeps on the exact objective after each pass.
@@ -43,6 +45,7 @@ class HessianOptions:
     """
 
     damping: float = 0.1
+    shrink: float = 0.1
     passes: int = 1
     sweeps: int = 3
     candidates: int = 2
@@ -52,6 +55,8 @@ class HessianOptions:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.damping) and self.damping >= 0):
             raise ValueError(f"damping must be a finite non-negative number, got {self.damping!r}")
+        if not (0 <= self.shrink <= 1):
+            raise ValueError(f"shrink must be in [0, 1], got {self.shrink!r}")
         for name in ("passes", "sweeps", "candidates"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
@@ -149,7 +154,8 @@ def prepare(hessian, k: int, fmt: Format, options: HessianOptions) -> Prepared:
     """Everything derived from H (K x K) alone; ValueError for a Hessian that cannot be used."""
     h = check_hessian(hessian, k)
     diag = np.clip(np.diag(h), 0, None)
-    hd = h + np.eye(k) * (options.damping * diag.mean())
+    hd = h * (1.0 - options.shrink)
+    hd[np.diag_indices(k)] = np.diag(h) + options.damping * diag.mean()
     bs = 32 if fmt.name.startswith("iq1_s") else 16  # columns per block multiplier
     if options.order:  # blocks by decreasing importance; ties keep their order
         order = np.argsort(-diag.reshape(-1, bs).sum(axis=1), kind="stable")

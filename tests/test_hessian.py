@@ -72,7 +72,7 @@ def test_bytes_valid(problem, fmt):
 @pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
 def test_the_reported_objective_is_the_output_error(problem, fmt):
     w, _, h = problem
-    opts = HessianOptions(damping=0.0)
+    opts = HessianOptions(damping=0.0, shrink=0.0)
     q, res = quantize_with_hessian(w, fmt, h, options=opts)
     plain = iq1q.quantize(w, fmt, imatrix=np.diag(h))
     assert res.final.sum() == pytest.approx(output_error(w, q.dequantize(), h), rel=1e-4)
@@ -104,7 +104,7 @@ def test_imatrix_is_the_starting_point(problem, fmt):
 
 @pytest.mark.parametrize("opts", [HessianOptions(passes=0), HessianOptions(sweeps=0), HessianOptions(order=False),
                                   HessianOptions(metric="diagonal"), HessianOptions(candidates=0),
-                                  HessianOptions(damping=0.5)])
+                                  HessianOptions(damping=0.5), HessianOptions(shrink=0.0)])
 def test_every_option_improves(problem, opts):
     w, x, h = problem
     e_ik = output_error(w, ik_method(w, "iq1_s_r4", h, len(x)).dequantize(), h)
@@ -154,7 +154,7 @@ W = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
 ])
 def test_bad_hessian(h, match):
     with pytest.raises(ValueError, match=match):
-        iq1q.quantize(W, "iq1_s_r4", hessian=h, options=HessianOptions(damping=0.0))
+        iq1q.quantize(W, "iq1_s_r4", hessian=h, options=HessianOptions(damping=0.0, shrink=0.0))
 
 
 def test_indefinite_even_with_damping():
@@ -171,7 +171,7 @@ def test_bad_types_and_options():
         iq1q.quantize(W, "iq1_s_r4", hessian=np.eye(64), options={"damping": 0.1})
     with pytest.raises(ValueError, match="pass hessian"):
         iq1q.quantize(W, "iq1_s_r4", options=HessianOptions())
-    for bad in (dict(damping=-1.0), dict(damping=float("nan")), dict(passes=-1), dict(sweeps=1.5),
+    for bad in (dict(damping=-1.0), dict(damping=float("nan")), dict(shrink=1.5), dict(passes=-1), dict(sweeps=1.5),
                 dict(candidates=True), dict(metric="full")):
         with pytest.raises(ValueError):
             HessianOptions(**bad)

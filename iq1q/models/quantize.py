@@ -360,7 +360,9 @@ class Summary:
                     f"({why}), e.g. {names[0]}")
         if self.calibration is not None:
             c = self.calibration
-            out += f"\n\n{len(c.layers)} layers quantized with their input Hessians in {c.seconds:.1f} s; " + c.table()
+            q = sum(r.seconds for r in c.layers)
+            out += (f"\n\n{len(c.layers)} layers quantized with their input Hessians in {c.seconds:.1f} s "
+                    f"({q:.1f} s quantizing, the rest running the model); " + c.table())
         return out
 
 
