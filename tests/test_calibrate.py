@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("tqdm")
 
-import iq1q  # noqa: E402
 from iq1q import gguf_io  # noqa: E402
 from iq1q.cli import main  # noqa: E402
 from iq1q.models.chunks import calibration_chunks  # noqa: E402
