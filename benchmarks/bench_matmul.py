@@ -40,10 +40,12 @@ in all (--reps, --min-time-ms); a line stops after ~10 s once it has 3 calls. A 
 which other processes used > 0.2 CPUs (/proc/stat) is re-timed up to 2 times (--quick: none)
 and marked ! if it stays noisy (ikbench has its own guard), so a busy machine shows.
 
-ik_llama.cpp is timed by /tmp/ikbuild/ikbench (../shared/ikbench/build.sh builds it; --ik PATH
-for another build) once per (weight type, shape), with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
-unset for that command; it quantizes the weights itself, and its first call spends ~10 s
-building tables. Skipped when the binary is absent, or with --no-ik.
+ik_llama.cpp is timed by the harness in benchmarks/ikbench: $IQ1Q_IKBUILD/ikbench, by default
+benchmarks/ikbench/build/ikbench (IK_LLAMA_SRC=<a clone of ik_llama.cpp>
+benchmarks/ikbench/build.sh builds it; --ik PATH for another build), once per (weight type,
+shape), with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for that command; it quantizes the
+weights itself, and its first call spends ~10 s building tables. Skipped when the binary is
+absent, or with --no-ik.
 
 --quick: 4096x4096 and 512x512, M 1 32, threads 1 2, the default pairs, the fastest available
 backend (and ref at M=1), 5 reps / 100 ms windows, ik for 4096x4096 only: well under a minute
@@ -65,6 +67,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from timing import Timing, median_time, rotating
@@ -76,6 +79,9 @@ try:
     import threadpoolctl
 except ImportError:  # numpy then runs with its default thread count on every line
     threadpoolctl = None
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import ik_build  # noqa: E402  (where benchmarks/ikbench builds ikbench and machine_probe)
 
 Shape = tuple[int, int]  # (rows, K): W is rows x K, x is M x K, y is M x rows
 Pair = tuple[str, str]  # (weight format, activation format)
@@ -91,8 +97,6 @@ QUICK_MS = (1, 32)
 # ikbench type for each weight format, and the activation format ik's kernel quantizes to
 IK_TYPES = {"iq1_s_r4": "iq1_s_r4", "iq1_m_r4": "iq1_m_r4", "iq1_s": "iq1_s", "iq1_m": "iq1_m"}
 IK_ACTIVATION = {"iq1_s_r4": "q8_k128", "iq1_m_r4": "q8_k128", "iq1_s": "q8_k", "iq1_m": "q8_k"}
-IK_DEFAULT = "/tmp/ikbuild/ikbench"
-MACHINE_PROBE = "/tmp/ikbuild/machine_probe"
 
 # speed-up over ik wanted at 4096x4096, one thread, per M: (R4 weight?, activation) -> targets
 TARGET_SHAPE: Shape = (4096, 4096)
@@ -191,7 +195,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--min-time-ms", type=float, help="timed window per line, at least "
                    "(default 250; quick 100)")
     ik = p.add_mutually_exclusive_group()
-    ik.add_argument("--ik", metavar="PATH", default=IK_DEFAULT, help=f"ikbench (default {IK_DEFAULT})")
+    ik.add_argument("--ik", metavar="PATH", help=f"ikbench (default ${ik_build.BUILD_VAR}/ikbench, "
+                    f"here {ik_build.shown(ik_build.ikbench())})")
     ik.add_argument("--no-ik", action="store_true", help="do not run ik_llama.cpp")
     args = p.parse_args(argv)
 
@@ -260,10 +265,11 @@ def cpu_description() -> dict:
 
 def machine_probe() -> list[str]:
     """The lines of ikbench's machine_probe (clock, read bandwidth), if it is built."""
-    if not os.access(MACHINE_PROBE, os.X_OK):
+    probe = ik_build.machine_probe()
+    if not os.access(probe, os.X_OK):
         return []
     try:
-        out = subprocess.run([MACHINE_PROBE], capture_output=True, text=True, timeout=120).stdout
+        out = subprocess.run([probe], capture_output=True, text=True, timeout=120).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.removeprefix("# probe:").strip() for line in out.splitlines() if line.strip()]
@@ -313,7 +319,7 @@ def make_header(args: argparse.Namespace, ik: IkBench | None) -> dict:
         "timing": {"reps": args.policy.reps, "reps_big_m": args.policy.reps_big,
                    "min_time_ms": args.policy.min_seconds * 1e3,
                    "max_time_s": args.policy.max_seconds, "warmup": 2},
-        "ik": ik.path if ik else None,
+        "ik": ik_build.shown(ik.path) if ik else None,
         "quick": args.quick,
     }
 
@@ -648,14 +654,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     ik, ik_note = None, "ik_llama.cpp: skipped (--no-ik)"
     if not args.no_ik:
-        if os.access(args.ik, os.X_OK):
-            ik = IkBench(args.ik, args.policy, args.quick)
+        path = args.ik or str(ik_build.ikbench())
+        if os.access(path, os.X_OK):
+            ik = IkBench(path, args.policy, args.quick)
             shapes = " ".join(f"{r}x{k}" for r, k in args.ik_shapes)
-            ik_note = (f"ik_llama.cpp: {args.ik} per (type, shape) for {shapes}, same cold-mb and "
-                       f"timing, OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset")
+            ik_note = (f"ik_llama.cpp: {ik_build.shown(path)} per (type, shape) for {shapes}, same "
+                       f"cold-mb and timing, OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset")
+        elif args.ik:
+            ik_note = f"ik_llama.cpp: {args.ik} is not an executable; no vs-ik ratios"
         else:
-            ik_note = (f"ik_llama.cpp: {args.ik} not found (build it with ../shared/ikbench/build.sh, "
-                       "or --ik PATH); no vs-ik ratios")
+            ik_note = f"{ik_build.not_built()} (or give --ik PATH); no vs-ik ratios"
     header = make_header(args, ik)
     print("\n".join(header_lines(header, ik_note)), flush=True)
 

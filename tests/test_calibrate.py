@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("tqdm")
 
-import iq1q  # noqa: E402
 from iq1q import gguf_io  # noqa: E402
 from iq1q.cli import main  # noqa: E402
 from iq1q.models.chunks import calibration_chunks  # noqa: E402
@@ -73,9 +72,9 @@ def test_sequential_order(calibrated, layer):
 
     def hook(name, x):
         nonlocal h
-        if name == layer:
-            x = np.ascontiguousarray(x, np.float32)
-            h = h + (x.T @ x).astype(np.float64)
+        if name == layer:  # as iq1q.models.calibrate sums it: x'x per chunk in float64
+            x = np.asarray(x, np.float64)
+            h = h + x.T @ x
 
     for c in calibration_chunks(tok.encode(TEXT, add_bos=False), CTX, tok.bos_id, CHUNKS):
         model.hidden(c.tokens, hook)

@@ -1,5 +1,6 @@
 """`iq1q quantize` against files ik_llama.cpp's own llama-quantize writes (skipped where
-ik's tools are not built: ../shared/ikbench/build-tools.sh, tests/ik_nofma_quantize.sh).
+ik's tools are not built: benchmarks/ikbench/build-tools.sh, then tests/ik_nofma_quantize.sh;
+see benchmarks/ikbench/README.md).
 
 ik's regular build lets GCC contract multiply-adds into FMA, which moves a few
 quantizer decisions (docs/spec.md §1.6); iq1q follows strict float32, i.e. ik built

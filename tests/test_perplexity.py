@@ -193,3 +193,20 @@ def test_an_iq1_file_runs_as_it_is(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--weights", "iq1_s_r4"]) == 2
     assert "already quantized (iq1_m_r4)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_hold_for_numpy_blas_too(tmp_path, monkeypatch, threads):
+    """--threads limits numpy's BLAS (attention, the float head) as it limits the kernels:
+    what BLAS reports while evaluate() runs the layers."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from iq1q.models import perplexity
+
+    seen = []
+    monkeypatch.setattr(perplexity.Stats, "__call__", lambda self, name, x: seen.extend(
+        d["num_threads"] for d in threadpoolctl.threadpool_info() if d.get("user_api") == "blas"))
+    path = tmp_path / "t.gguf"
+    tiny_models.tiny_llama(path, n_layer=1)
+    c = chunks(Tokenizer(gguf_io.read(path).metadata).encode(TEXT, add_bos=False), 16, 1)[0]
+    perplexity.evaluate(load(path, threads=threads), perplexity.Run("float", None, False), [c], progress=False)
+    assert seen and set(seen) == {threads}, seen

@@ -6,20 +6,20 @@
 #
 #   bash tools/test-sanitizers.sh [pytest args]
 #
-# The build is made in a copy of the tree under $WORK (default /tmp/iq1q-sanitizers), so
+# The build is made in a copy of the tree under $WORK (default build/sanitizers, git-ignored), so
 # the tree's own build stays as it is; PYTHONPATH puts the copy ahead of an installed iq1q.
 # The test dependencies (and the example plugin, for the entry-point tests) must already
 # be installed, as .ci/run does first.
 set -euo pipefail
 PROJ=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${WORK:-/tmp/iq1q-sanitizers}
+WORK=${WORK:-$PROJ/build/sanitizers}  # the copy leaves ./build out
 CC=${CC:-gcc}
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
 step() { echo "[sanitizers +${SECONDS}s] $*"; }
 
 step "copy of the tree in $WORK/src"
 rm -rf "$WORK/src" && mkdir -p "$WORK/src"
-tar -C "$PROJ" --exclude=./.git --exclude=./build --exclude='*.so' --exclude='./kernels/*.c' -cf - . \
+tar -C "$PROJ" --exclude=./.git --exclude=./build --exclude=./benchmarks/ikbench/build --exclude='*.so' --exclude='./kernels/*.c' -cf - . \
     | tar -C "$WORK/src" -xf -
 
 step "build with $SAN"

@@ -23,7 +23,6 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -88,11 +87,13 @@ class Calibration:
 
 
 def _hessian(inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """H = sum over the chunks of x'x (float32 BLAS per chunk, summed in float64)."""
+    """H = sum over the chunks of x'x, in float64 (dgemm: a float32 product of a few thousand
+    tokens rounds H's entries, and OpenBLAS's sgemm under qemu's emulated SVE returned NaN
+    for x'x of some shapes)."""
     h = None
     for x in inputs:
-        x = np.ascontiguousarray(x, np.float32)
-        xx = (x.T @ x).astype(np.float64)
+        x = np.asarray(x, np.float64)
+        xx = x.T @ x
         h = xx if h is None else h + xx
     return h
 

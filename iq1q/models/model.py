@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..formats import WEIGHT_FORMATS
 from ..gemm import matmul
 from ..tensors import QuantizedTensor
+from .rows import RowMatrix
 
 Hook = Callable[[str, np.ndarray], None]
 
@@ -156,9 +158,10 @@ def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, 
 
 
 class Linear:
-    """y = x @ W.T: iq1q.matmul for an IQ1 weight, numpy float32 otherwise."""
+    """y = x @ W.T: iq1q.matmul for an IQ1 weight, numpy float32 otherwise (a RowMatrix: a
+    slice of its rows at a time)."""
 
-    def __init__(self, name: str, weight: QuantizedTensor | np.ndarray):
+    def __init__(self, name: str, weight: QuantizedTensor | np.ndarray | RowMatrix):
         self.name = name
         self.weight = weight
         self.quantized = isinstance(weight, QuantizedTensor)
@@ -172,7 +175,18 @@ class Linear:
                 return np.full((x.shape[0], self.shape[0]), np.nan, np.float32)
             # overflow="ignore": a perplexity run must show what the kernels do (the NaNs of ik_llama.cpp before PR #194)
             return matmul(x, self.weight, activation=activation, threads=threads, overflow="ignore")
+        if isinstance(self.weight, RowMatrix):
+            return self.weight.matmul_t(x)
         return x @ self.weight.T
+
+    def slices(self, x: np.ndarray, activation: str, threads: int | None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(r0, r1, x @ W[r0:r1].T): the output a slice of W's rows at a time (whole for an
+        IQ1 weight), so that a head over a large vocabulary never needs all of its logits."""
+        if isinstance(self.weight, RowMatrix):
+            for r0, r1, block in self.weight.slices():
+                yield r0, r1, x @ block.T
+        else:
+            yield 0, self.shape[0], self(x, activation, threads, None)
 
 
 class _Layer:
@@ -185,15 +199,18 @@ class Positions:
     """What every block of one forward pass shares: token positions and attention masks."""
 
     pos: np.ndarray          # (T,) 0..T-1
-    causal: np.ndarray       # (T, T) True where a key is in the query's future
-    swa_mask: np.ndarray     # causal, and also True beyond the sliding window
+    causal: np.ndarray       # (T, T) float32 added to the scores: -inf where a key is in the query's future
+    swa_mask: np.ndarray     # the same, and -inf beyond the sliding window too
 
 
 class Model:
     """A causal decoder read from GGUF: forward(tokens) -> logits."""
 
     def __init__(self, config: Config, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
-                 activation: str = "auto", threads: int | None = None):
+                 activation: str = "auto", threads: int | None = None, raw: Mapping[str, Any] | None = None):
+        """tensors: name -> QuantizedTensor or float array (iq1q.gguf_io's GGUFFile.tensors);
+        raw, when given (GGUFFile.raw): the stored tensors, from which the token embedding and
+        a non-IQ1 output head are read in their own bytes rather than as float copies."""
         self.config, self.activation, self.threads = config, activation, threads
         self.metadata = metadata or {}
         c = config
@@ -226,14 +243,33 @@ class Model:
 
         if "blk.0.ffn_gate_inp.weight" in tensors:
             raise ModelError("mixture-of-experts models (ffn_gate_inp) are not supported")
-        emb = get("token_embd.weight")
-        self.embedding = np.ascontiguousarray(emb.dequantize() if isinstance(emb, QuantizedTensor) else emb,
-                                              dtype=np.float32)
-        if self.embedding.ndim != 2 or self.embedding.shape[1] != c.n_embd:
+
+        def stored(name: str):
+            """The tensor as the file stores it, when that is not IQ1 (read in its own bytes);
+            else None (IQ1 tensors and arrays come from `tensors`, without a float copy)."""
+            r = raw.get(name) if raw is not None else None
+            return None if r is None or r.type_name.lower() in WEIGHT_FORMATS else r
+
+        def rows(name: str) -> RowMatrix:  # a matrix read a slice of rows at a time
+            try:
+                return RowMatrix(name, stored(name) or get(name))
+            except ValueError as e:
+                raise ModelError(str(e)) from None
+
+        self.embedding = rows("token_embd.weight")
+        if self.embedding.shape[1] != c.n_embd:
             raise ModelError(f"token_embd.weight has shape {self.embedding.shape}, expected (n_vocab, {c.n_embd})")
         self.n_vocab = self.embedding.shape[0]
-        self.output = (linear("output.weight", self.n_vocab, c.n_embd) if "output.weight" in tensors
-                       else Linear("token_embd.weight", self.embedding))  # tied
+        head = None if "output.weight" not in tensors else stored("output.weight") or get("output.weight")
+        if head is None:
+            self.output = Linear("token_embd.weight", self.embedding)  # tied
+        elif isinstance(head, QuantizedTensor):
+            self.output = linear("output.weight", self.n_vocab, c.n_embd)
+        else:
+            self.output = Linear("output.weight", rows("output.weight"))
+            if self.output.shape != (self.n_vocab, c.n_embd):
+                raise ModelError(f"tensor 'output.weight' has shape {self.output.shape}, "
+                                 f"expected {(self.n_vocab, c.n_embd)}")
         self.output_norm = vec("output_norm.weight", c.n_embd)
         ff = get("rope_freqs.weight", optional=True)
         self.rope_freqs = None if ff is None else np.asarray(ff, np.float64).reshape(-1)
@@ -303,13 +339,15 @@ class Model:
         c = self.config
         ids = self._tokens(tokens)
         T = ids.size
-        x = self.embedding[ids]
+        x = self.embedding.take(ids)
         if c.facts.embed_scale:
             x = x * np.float32(math.sqrt(c.n_embd))
         pos = np.arange(T)
         causal = np.triu(np.ones((T, T), bool), 1)  # True where a key is in the query's future
         dist = pos[:, None] - pos[None, :]
         swa_mask = causal | (dist >= c.sliding_window) if c.sliding_window else causal
+        # added to the scores: -inf where masked (an add is ~10x faster than a boolean scatter)
+        causal, swa_mask = (np.where(m, np.float32(-np.inf), np.float32(0)) for m in (causal, swa_mask))
         return x, Positions(pos, causal, swa_mask)
 
     def block(self, il: int, x: np.ndarray, where: Positions, hook: Hook | None = None) -> np.ndarray:
@@ -348,7 +386,7 @@ class Model:
         o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
         for j in range(c.n_head_kv):
             s = qg[j] @ k[:, j].T  # (group, T, T)
-            s[:, mask] = -np.inf
+            s += mask
             s -= s.max(axis=-1, keepdims=True)
             np.exp(s, out=s)
             s /= s.sum(axis=-1, keepdims=True)
@@ -380,12 +418,21 @@ class Model:
             f = rms_norm(f, layer.norms["post_ffn"], c.eps)
         return x + f
 
+    def logit_slices(self, hidden: np.ndarray, hook: Hook | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The output head on final hidden states (rows, n_embd), a slice of the vocabulary at
+        a time: (v0, v1, logits of tokens v0..v1-1), (rows, v1 - v0) float32."""
+        x = np.ascontiguousarray(hidden, dtype=np.float32)
+        if hook is not None:
+            hook(self.output.name, x)
+        cap = np.float32(self.config.final_softcap)
+        for v0, v1, y in self.output.slices(x, self.activation, self.threads):
+            yield v0, v1, (np.tanh(y / cap) * cap if cap else y)
+
     def logits(self, hidden: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The output head on final hidden states (rows, n_embd) -> (rows, n_vocab)."""
-        y = self.output(np.ascontiguousarray(hidden, dtype=np.float32), self.activation, self.threads, hook)
-        if self.config.final_softcap:
-            cap = np.float32(self.config.final_softcap)
-            y = np.tanh(y / cap) * cap
+        y = np.empty((len(hidden), self.n_vocab), np.float32)
+        for v0, v1, part in self.logit_slices(hidden, hook):
+            y[:, v0:v1] = part
         return y
 
     def forward(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None = None) -> np.ndarray:
@@ -395,7 +442,7 @@ class Model:
 
 def from_gguf(f, activation: str = "auto", threads: int | None = None) -> Model:
     """A Model from an opened iq1q.gguf_io.GGUFFile."""
-    return Model(Config.from_metadata(f.metadata), f.tensors, f.metadata, activation, threads)
+    return Model(Config.from_metadata(f.metadata), f.tensors, f.metadata, activation, threads, raw=f.raw)
 
 
 def load(path: str | os.PathLike, activation: str = "auto", threads: int | None = None) -> Model:

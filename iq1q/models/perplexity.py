@@ -23,13 +23,11 @@ from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format
 from ..gemm import check_pair_block
 from ..report import table
 from . import gguf_io
+from .blas import blas_threads
 from .chunks import Chunk, builtin_text, chunks
 from .model import Model, from_gguf
 from .quantize import quantize_model
 from .tokenizer import Tokenizer
-
-HEAD_ROWS = 64  # output-head rows per slice: a 262144-token vocabulary is 1 MiB of logits per row
-
 
 class Stats:
     """A forward hook: fp16-overflowing activation blocks of the IQ1 layers (what the pair's
@@ -51,15 +49,22 @@ class Stats:
 
 
 def _nll(model: Model, hidden: np.ndarray, targets: np.ndarray, hook) -> np.ndarray:
-    """-log softmax(logits)[target] per row, the head computed HEAD_ROWS rows at a time."""
-    out = np.empty(len(targets), np.float64)
-    for a in range(0, len(targets), HEAD_ROWS):
-        z = model.logits(hidden[a:a + HEAD_ROWS], hook)
-        zmax = z.max(axis=1, keepdims=True)
+    """-log softmax(logits)[target] per row, with the head a slice of the vocabulary at a
+    time: a running log-sum-exp, so that no row's whole logits are ever held."""
+    n = len(targets)
+    top = np.full(n, -np.inf)  # the largest logit so far, per row
+    total = np.zeros(n)  # sum of exp(logit - top) so far, in float64
+    picked = np.empty(n, np.float64)
+    for v0, v1, z in model.logit_slices(hidden, hook):
+        new = np.maximum(top, z.max(axis=1))
+        with np.errstate(invalid="ignore"):  # -inf - -inf before the first slice: scaled by 0
+            scale = np.where(np.isneginf(top), 0.0, np.exp(top - new))
         # exp in float32 (all terms <= 1, half the time of float64), summed in float64
-        lse = np.log(np.exp(z - zmax).sum(axis=1, dtype=np.float64)) + zmax[:, 0]
-        out[a:a + HEAD_ROWS] = lse - z[np.arange(len(z)), targets[a:a + HEAD_ROWS]].astype(np.float64)
-    return out
+        total = total * scale + np.exp(z - new[:, None].astype(np.float32)).sum(axis=1, dtype=np.float64)
+        top = new
+        here = (targets >= v0) & (targets < v1)
+        picked[here] = z[here, targets[here] - v0]
+    return np.log(total) + top - picked
 
 
 @dataclass
@@ -87,7 +92,13 @@ class Run:
 
 
 def evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | None = None) -> Run:
-    """Fill run (ppl, NLLs, statistics) by evaluating every chunk with model."""
+    """Fill run (ppl, NLLs, statistics) by evaluating every chunk with model, numpy's BLAS
+    held to the model's thread count."""
+    with blas_threads(model.threads):
+        return _evaluate(model, run, parts, progress)
+
+
+def _evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | None) -> Run:
     from tqdm import tqdm
 
     if run.activations:  # before any work: a row length the pair cannot take

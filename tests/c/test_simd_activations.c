@@ -4,12 +4,12 @@
  * all four formats on many generated inputs.
  *
  *   gcc -O2 -ffp-contract=off -fno-fast-math -std=c11 -mavx2 -mfma -mf16c -Ikernels \
- *       tests/c/test_simd_activations.c -o /tmp/tx -lm && /tmp/tx
- *   aarch64-linux-gnu-gcc ... -march=armv8.2-a+dotprod ... && qemu-aarch64-static -L ... /tmp/tx
+ *       tests/c/test_simd_activations.c -o ./tx -lm && ./tx
+ *   aarch64-linux-gnu-gcc ... -march=armv8.2-a+dotprod ... && qemu-aarch64-static -L ... ./tx
  *
- *   /tmp/tx               the comparison (x86: plus a sampled F16C vs iq1q_fp32_to_fp16 check)
- *   /tmp/tx --exhaustive  x86: also F16C vs iq1q_fp32_to_fp16 for all 2^32 float bit patterns
- *   /tmp/tx --bench       throughput, GB/s of float input, ref vs simd (256 rows x 4096)
+ *   ./tx               the comparison (x86: plus a sampled F16C vs iq1q_fp32_to_fp16 check)
+ *   ./tx --exhaustive  x86: also F16C vs iq1q_fp32_to_fp16 for all 2^32 float bit patterns
+ *   ./tx --bench       throughput, GB/s of float input, ref vs simd (256 rows x 4096)
  */
 #define _POSIX_C_SOURCE 199309L
 #include <stdio.h>

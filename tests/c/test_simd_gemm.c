@@ -10,7 +10,7 @@
  * runs each variant the machine can run.
  *
  *   cc -O2 -std=c11 -mavx2 -mfma -mf16c [-DIQ1Q_X86_EMULATE_VNNI] -Ikernels \
- *      tests/c/test_simd_gemm.c -o /tmp/tg -lm && /tmp/tg
+ *      tests/c/test_simd_gemm.c -o ./tg -lm && ./tg
  *
  * Prints "N passed, M failed"; exits non-zero on any failure.
  */
