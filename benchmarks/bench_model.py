@@ -87,8 +87,10 @@ def main() -> None:
             res = {"threads": t, "iq1q_s": wall, "iq1q_rss_mib": rss, "iq1q_ppl": ppl, "scored": scored}
             if ik is not None:
                 env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+                # in the temporary folder: llama-perplexity writes llama.log where it runs
                 ik_wall, ik_rss, out, err = run_measured([str(ik), "-m", str(model), "-f", str(text),
-                                                          "-c", str(args.ctx), "-b", str(args.ctx), "-t", str(t)], env)
+                                                          "-c", str(args.ctx), "-b", str(args.ctx), "-t", str(t)],
+                                                         env, cwd=folder)
                 m = IK_PPL.search(out + err)
                 res.update(ik_s=ik_wall, ik_rss_mib=ik_rss, ik_ppl=float(m.group(1)) if m else None)
             results.append(res)

@@ -110,11 +110,13 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str, str]:
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | os.PathLike | None = None
+                 ) -> tuple[float, float, str, str]:
     """(wall seconds, peak RSS in MiB, stdout, stderr) of one command, a process of its own;
     SystemExit with its output when it fails."""
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env,
+                       cwd=cwd)
     wall = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
