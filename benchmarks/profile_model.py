@@ -12,8 +12,9 @@ thread count, the seconds of each part per chunk and its share of the whole:
   IQ1 matmuls      iq1q.matmul of the IQ1 layers, activation quantization excluded
   act. quantize    quantizing their activations to the 8-bit format
   other linears    non-IQ1 weights of the blocks (float32 numpy)
-  output head      logits: the head's rows dequantized slice by slice, the products, softcap
-  NLL              the log-sum-exp and the scored tokens' logits
+  output head      logits: the head's rows dequantized slice by slice, the products, softcap,
+                   and each slice's share of the NLL (its largest logits and sums of exps)
+  NLL              combining the slices' shares
   norms            RMS norms
   RoPE             rotary embeddings
   MLP activation   GELU / SiLU and the gate product
@@ -41,6 +42,7 @@ from bench_model import gemma  # noqa: E402
 
 from iq1q import gemm  # noqa: E402
 from iq1q.models import chunks, gguf_io, model, perplexity, tokenizer  # noqa: E402
+from iq1q.models.parallel import blas_threads  # noqa: E402
 from iq1q.report import table  # noqa: E402
 
 PARTS = ("load", "tokenize", "IQ1 matmuls", "act. quantize", "other linears", "output head", "NLL",
@@ -73,26 +75,14 @@ class Timers:
                 return fn(*args, **kwargs)
         return timed
 
-    def generator(self, name: str, fn):
-        """For a generator function: the time spent producing each item."""
-        def timed(*args, **kwargs):
-            it = fn(*args, **kwargs)
-            while True:
-                with self.part(name):
-                    item = next(it, None)
-                if item is None:
-                    return
-                yield item
-        return timed
-
 
 def instrument(t: Timers) -> None:
     model.matmul = t.wrap("IQ1 matmuls", model.matmul)
     gemm._quantize = t.wrap("act. quantize", gemm._quantize)
-    model.rms_norm = t.wrap("norms", model.rms_norm)
+    # methods the main thread calls (their work may run on other threads: the timers are not shared)
+    model.Model._norm = t.wrap("norms", model.Model._norm)
     model.rope = t.wrap("RoPE", model.rope)
-    for k, fn in list(model._ACTIVATIONS.items()):
-        model._ACTIVATIONS[k] = t.wrap("MLP activation", fn)
+    model.Model._activate = t.wrap("MLP activation", model.Model._activate)
     call = model.Linear.__call__
 
     def linear(self, x, activation, threads, hook):
@@ -101,7 +91,7 @@ def instrument(t: Timers) -> None:
         return t.wrap("other linears", call)(self, x, activation, threads, hook)
 
     model.Linear.__call__ = linear
-    model.Model.logit_slices = t.generator("output head", model.Model.logit_slices)
+    model.Model.logit_map = t.wrap("output head", model.Model.logit_map)
     perplexity._nll = t.wrap("NLL", perplexity._nll)
 
 
@@ -122,10 +112,11 @@ def profile(path: Path, text: str, ctx: int, max_chunks: int | None, threads: in
     t.seconds["tokenize"] = time.perf_counter() - t0
     parts = chunks.chunks(ids, ctx, tok.bos_id, llama_compatible=True, max_chunks=max_chunks)
     t0 = time.perf_counter()
-    for c in parts:
-        total = t.wrap("attention etc.", m.hidden)  # the blocks' time not claimed by a part inside
-        h = total(c.tokens)
-        perplexity._nll(m, h[c.first:-1], c.tokens[c.first + 1:], None)
+    with blas_threads(threads):  # as perplexity.evaluate
+        for c in parts:
+            total = t.wrap("attention etc.", m.hidden)  # the blocks' time not claimed by a part inside
+            h = total(c.tokens)
+            perplexity._nll(m, h[c.first:-1], c.tokens[c.first + 1:], None)
     t.seconds["wall"] = time.perf_counter() - t0 + t.seconds["load"] + t.seconds["tokenize"]
     return dict(t.seconds), len(parts)
 

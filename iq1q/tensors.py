@@ -159,9 +159,9 @@ class QuantizedActivations(_Quantized):
         rows, n = check_shape(f, (1,) + shape if len(shape) == 1 else shape)
         return cls(f, rows, n, _as_bytes(buf, f, rows, n), vector=len(shape) == 1)
 
-    def dequantize(self) -> np.ndarray:
+    def dequantize(self, threads: int | None = None) -> np.ndarray:
         """d * q as float32, in the shape of the original activations."""
-        out = self._dequantize(None)
+        out = self._dequantize(threads)
         return out[0] if self._vector else out
 
     def __repr__(self) -> str:

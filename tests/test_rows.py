@@ -10,10 +10,10 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 import iq1q  # noqa: E402
-from iq1q import gguf_io  # noqa: E402
+from iq1q import gguf_io, plugins, registry  # noqa: E402
 from iq1q.models import perplexity, rows  # noqa: E402
 from iq1q.models.chunks import chunks  # noqa: E402
-from iq1q.models.model import load  # noqa: E402
+from iq1q.models.model import Linear, load  # noqa: E402
 from iq1q.models.rows import RowMatrix  # noqa: E402
 
 T = gguf.GGMLQuantizationType
@@ -25,7 +25,7 @@ def raw_tensor(x: np.ndarray, qtype) -> gguf_io.RawTensor:
 
 
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.F16, T.BF16], ids=lambda t: t.name)
-def test_rows_are_the_gguf_package_values(rng, qtype):
+def test_rows_are_the_gguf_package_values(rng, qtype, monkeypatch):
     x = rng.standard_normal((37, 256)).astype(np.float32)
     r = raw_tensor(x, qtype)
     want = gguf.quants.dequantize(r.data.reshape(37, -1), qtype).astype(np.float32)
@@ -35,7 +35,64 @@ def test_rows_are_the_gguf_package_values(rng, qtype):
     got = np.concatenate([block for _, _, block in m.slices(step=8)])
     np.testing.assert_array_equal(got, want)
     h = rng.standard_normal((3, 256)).astype(np.float32)
-    np.testing.assert_allclose(m.matmul_t(h), h @ want.T, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(rows, "SLICE_ROWS", 8)  # a product of 5 pieces, on 1 and 2 threads
+    if qtype == T.Q8_0 and registry.stored_product("Q8_0"):  # in integers: h quantized to q8_0 as ggml does
+        h = gguf.quants.dequantize(gguf.quants.quantize(h, T.Q8_0), T.Q8_0)
+    for threads in (1, 2):
+        np.testing.assert_allclose(Linear("w", m)(h, "auto", threads, None), h.astype(np.float64) @ want.T,
+                                   rtol=1e-5, atol=1e-5)
+
+
+class Q8Recorder:
+    """A throw-away plugin whose backend multiplies Q8_0 weights in float64 from the bytes."""
+
+    name = "q8-recorder"
+
+    def __init__(self):
+        self.calls = []
+
+    def product(self, w, a, y, K, threads):
+        self.calls.append((y.shape, threads))
+        nb = K // 32
+        wd, wq = _q8_0_parts(w, nb)
+        ad, aq = _q8_0_parts(a, nb)
+        y[:] = np.einsum("mb,nb,mbi,nbi->mn", ad, wd, aq, wq)
+
+    @iq1q.hookimpl
+    def iq1q_register_backends(self, register):
+        register(iq1q.Backend(self.name, stored_products={"Q8_0": self.product}, priority=1000))
+
+
+def _q8_0_parts(data, nblk):
+    """(scales, quants) of q8_0 rows as float64, from the bytes: fp16 d, then 32 int8."""
+    b = np.asarray(data).reshape(-1, nblk, 34)
+    return b[..., :2].copy().view(np.float16)[..., 0].astype(np.float64), b[..., 2:].view(np.int8).astype(np.float64)
+
+
+def test_q8_0_rows_go_to_the_backend_that_serves_them(rng, monkeypatch):
+    """A plugin's Q8_0 product gets the weight bytes and x quantized to q8_0, one thread a
+    piece; NaN in x takes the float path, which carries it; a bad stored type is named."""
+    x = rng.standard_normal((40, 64)).astype(np.float32)
+    r = raw_tensor(x, T.Q8_0)
+    want = gguf.quants.dequantize(r.data.reshape(40, -1), T.Q8_0).astype(np.float64)
+    h = rng.standard_normal((3, 64)).astype(np.float32)
+    hq = gguf.quants.dequantize(gguf.quants.quantize(h, T.Q8_0), T.Q8_0).astype(np.float64)
+    monkeypatch.setattr(rows, "SLICE_ROWS", 16)
+    rec = Q8Recorder()
+    plugins.pm.register(rec, name="test-q8-recorder")
+    try:
+        assert registry.stored_product("Q8_0")[0] == "q8-recorder"
+        np.testing.assert_allclose(Linear("w", RowMatrix("w", r))(h, "auto", 2, None), hq @ want.T, rtol=1e-6)  # float32 out
+        assert sorted(rec.calls) == [((3, 8), 1), ((3, 16), 1), ((3, 16), 1)]
+        h[1, 5] = np.nan
+        y = Linear("w", RowMatrix("w", r))(h, "auto", 2, None)
+        assert len(rec.calls) == 3 and np.isnan(y[1]).all() and np.isfinite(y[[0, 2]]).all()
+    finally:
+        plugins.pm.unregister(rec)
+    with pytest.raises(ValueError, match="'Q4_K' is not one of Q8_0"):
+        iq1q.Backend("bad", stored_products={"Q4_K": print})
+    with pytest.raises(ValueError, match="unknown stored type 'F16'"):
+        registry.stored_product("F16")
 
 
 def test_iq1_rows_come_from_their_four_row_groups(rng):

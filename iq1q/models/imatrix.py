@@ -233,7 +233,7 @@ def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks
     from tqdm import tqdm
 
     from . import gguf_io
-    from .blas import blas_threads
+    from .parallel import blas_threads
     from .chunks import calibration_chunks
     from .model import from_gguf
     from .tokenizer import Tokenizer

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..formats import WEIGHT_FORMATS
 from ..gemm import matmul
 from ..tensors import QuantizedTensor
+from .parallel import pmap
 from .rows import RowMatrix
 
 Hook = Callable[[str, np.ndarray], None]
+R = TypeVar("R")
+
+QUERY_ROWS = 64  # queries per piece of attention work
 
 
 class ModelError(ValueError):
@@ -139,54 +143,79 @@ _ACTIVATIONS = {"gelu": _gelu, "silu": _silu}
 
 
 def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, neox: bool,
-         freq_factors: np.ndarray | None = None) -> np.ndarray:
-    """Rotary embedding of x (T, heads, d) at positions pos (T,), first n_rot dims of each head."""
+         freq_factors: np.ndarray | None = None, cache: dict | None = None) -> np.ndarray:
+    """Rotary embedding of x (T, heads, d) at positions pos (T,), first n_rot dims of each head.
+    cache: a dict for the cos/sin tables of these positions (Positions.rope_tables), which
+    every layer with the same RoPE parameters shares."""
+    key = (n_rot, base, scale, None if freq_factors is None else freq_factors.tobytes())
+    tables = cache.get(key) if cache is not None else None
     half = n_rot // 2
-    inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
-    if freq_factors is not None:  # llama 3's rope_freqs: theta_i / factor_i
-        inv = inv / freq_factors[:half]
-    theta = (pos.astype(np.float64) * scale)[:, None] * inv[None, :]
-    cos, sin = np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
-    out = x.copy()
+    if tables is None:
+        inv = base ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)
+        if freq_factors is not None:  # llama 3's rope_freqs: theta_i / factor_i
+            inv = inv / freq_factors[:half]
+        theta = (pos.astype(np.float64) * scale)[:, None] * inv[None, :]
+        tables = np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
+        if cache is not None:
+            cache[key] = tables
+    cos, sin = tables
+    out = np.empty_like(x)
     if neox:
-        a, b = x[..., :half], x[..., half:n_rot]
-        out[..., :half], out[..., half:n_rot] = a * cos - b * sin, a * sin + b * cos
+        a, b, lo, hi = x[..., :half], x[..., half:n_rot], out[..., :half], out[..., half:n_rot]
     else:
-        a, b = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-        out[..., 0:n_rot:2], out[..., 1:n_rot:2] = a * cos - b * sin, a * sin + b * cos
+        a, b, lo, hi = x[..., 0:n_rot:2], x[..., 1:n_rot:2], out[..., 0:n_rot:2], out[..., 1:n_rot:2]
+    np.multiply(a, cos, out=lo)
+    lo -= b * sin
+    np.multiply(a, sin, out=hi)
+    hi += b * cos
+    out[..., n_rot:] = x[..., n_rot:]
     return out
 
 
 class Linear:
-    """y = x @ W.T: iq1q.matmul for an IQ1 weight, numpy float32 otherwise (a RowMatrix: a
-    slice of its rows at a time)."""
+    """y = x @ W.T: iq1q.matmul for an IQ1 weight (the native pool threads it); any other
+    weight is a RowMatrix whose product is computed a piece of rows at a time on the run's
+    threads (iq1q.models.parallel), dequantized piece by piece when stored quantized."""
 
     def __init__(self, name: str, weight: QuantizedTensor | np.ndarray | RowMatrix):
         self.name = name
         self.weight = weight
         self.quantized = isinstance(weight, QuantizedTensor)
         self.shape = tuple(weight.shape)
+        # a float array too: its pieces are views of its rows
+        self._rows = None if self.quantized else weight if isinstance(weight, RowMatrix) else RowMatrix(name, weight)
 
-    def __call__(self, x: np.ndarray, activation: str, threads: int | None, hook: Hook | None) -> np.ndarray:
-        if hook is not None:
-            hook(self.name, x)
-        if self.quantized:
+    def ranges(self) -> list[tuple[int, int]]:
+        """The pieces of W's rows that make the output: one for an IQ1 weight, else slices of
+        rows.SLICE_ROWS, whether the matrix is stored or a float array: the same float
+        results either way, and whatever the thread count."""
+        return [(0, self.shape[0])] if self.quantized else self._rows.ranges()
+
+    def product(self, x: np.ndarray, activation: str, threads: int | None) -> Callable[[int, int], np.ndarray]:
+        """(r0, r1) -> x @ W[r0:r1].T as float32, for (r0, r1) in ranges()."""
+        if not self.quantized:
+            return self._rows.product(x, threads)
+
+        def whole(r0: int, r1: int) -> np.ndarray:
             if not np.isfinite(x).all():  # NaN from an earlier layer: propagate it, as ggml does
                 return np.full((x.shape[0], self.shape[0]), np.nan, np.float32)
             # overflow="ignore": a perplexity run must show what the kernels do (the NaNs of ik_llama.cpp before PR #194)
             return matmul(x, self.weight, activation=activation, threads=threads, overflow="ignore")
-        if isinstance(self.weight, RowMatrix):
-            return self.weight.matmul_t(x)
-        return x @ self.weight.T
+        return whole
 
-    def slices(self, x: np.ndarray, activation: str, threads: int | None) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(r0, r1, x @ W[r0:r1].T): the output a slice of W's rows at a time (whole for an
-        IQ1 weight), so that a head over a large vocabulary never needs all of its logits."""
-        if isinstance(self.weight, RowMatrix):
-            for r0, r1, block in self.weight.slices():
-                yield r0, r1, x @ block.T
-        else:
-            yield 0, self.shape[0], self(x, activation, threads, None)
+    def __call__(self, x: np.ndarray, activation: str, threads: int | None, hook: Hook | None) -> np.ndarray:
+        if hook is not None:
+            hook(self.name, x)
+        piece = self.product(x, activation, threads)
+        if self.quantized:
+            return piece(0, self.shape[0])
+        y = np.empty((x.shape[0], self.shape[0]), np.float32)
+
+        def one(r: tuple[int, int]) -> None:
+            y[:, r[0]:r[1]] = piece(*r)
+
+        pmap(one, self.ranges(), threads)
+        return y
 
 
 class _Layer:
@@ -201,6 +230,7 @@ class Positions:
     pos: np.ndarray          # (T,) 0..T-1
     causal: np.ndarray       # (T, T) float32 added to the scores: -inf where a key is in the query's future
     swa_mask: np.ndarray     # the same, and -inf beyond the sliding window too
+    rope_tables: dict = field(default_factory=dict)  # rope()'s cos/sin of pos, per set of RoPE parameters
 
 
 class Model:
@@ -331,7 +361,7 @@ class Model:
         x, where = self.embed(tokens)
         for il in range(len(self.layers)):
             x = self.block(il, x, where, hook)
-        return rms_norm(x, self.output_norm, self.config.eps)
+        return self._norm(x, self.output_norm)
 
     def embed(self, tokens: Sequence[int] | np.ndarray) -> tuple[np.ndarray, Positions]:
         """The first block's input (T, n_embd) for tokens at positions 0..T-1, and the
@@ -360,7 +390,7 @@ class Model:
 
     def attention_norm(self, il: int, x: np.ndarray) -> np.ndarray:
         """The input of attn_q, attn_k and attn_v."""
-        return rms_norm(x, self.layers[il].norms["attn"], self.config.eps)
+        return self._norm(x, self.layers[il].norms["attn"])
 
     def attention(self, il: int, h: np.ndarray, where: Positions, hook: Hook | None = None) -> np.ndarray:
         """Self-attention of block il on normed h -> the input of attn_output (T, n_head * value_dim)."""
@@ -375,22 +405,31 @@ class Model:
         k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
         v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
         if c.facts.qk_norm:
-            q, k = rms_norm(q, N["q"], c.eps), rms_norm(k, N["k"], c.eps)
-        q = rope(q, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
-        k = rope(k, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs)
-        # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts;
-        # one KV head at a time, so that the scores take group * T * T floats, not n_head * T * T
+            q, k = self._norm(q, N["q"]), self._norm(k, N["k"])
+        q = rope(q, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, where.rope_tables)
+        k = rope(k, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, where.rope_tables)
+        # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts.
+        # Work in pieces of QUERY_ROWS queries of one KV head, on the run's threads; a
+        # piece's scores take group * QUERY_ROWS * T floats, and it reads only the keys up
+        # to its last query (the later ones are masked: half the causal work skipped)
         group = c.n_head // c.n_head_kv
         qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
         mask = where.swa_mask if sliding else where.causal
         o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
-        for j in range(c.n_head_kv):
-            s = qg[j] @ k[:, j].T  # (group, T, T)
-            s += mask
+
+        def piece(job: tuple[int, int]) -> None:
+            j, r0 = job
+            r1 = min(r0 + QUERY_ROWS, T)
+            n = r1 - r0
+            # the group's queries as the rows of one product (a larger GEMM than one per head)
+            s = qg[j, :, r0:r1].reshape(group * n, c.head_dim) @ k[:r1, j].T  # (group * n, r1)
+            s.reshape(group, n, r1)[:] += mask[r0:r1, :r1]
             s -= s.max(axis=-1, keepdims=True)
             np.exp(s, out=s)
             s /= s.sum(axis=-1, keepdims=True)
-            o[:, j] = (s @ v[:, j]).transpose(1, 0, 2)
+            o[r0:r1, j] = (s @ v[:r1, j]).reshape(group, n, c.value_dim).transpose(1, 0, 2)
+
+        pmap(piece, [(j, r0) for j in range(c.n_head_kv) for r0 in range(0, T, QUERY_ROWS)], th)
         return np.ascontiguousarray(o.reshape(T, c.n_head * c.value_dim))
 
     def attention_residual(self, il: int, x: np.ndarray, a: np.ndarray, hook: Hook | None = None) -> np.ndarray:
@@ -398,41 +437,61 @@ class Model:
         c, layer = self.config, self.layers[il]
         o = layer.lin["o"](a, self.activation, self.threads, hook)
         if c.facts.post_norms:
-            o = rms_norm(o, layer.norms["post_attn"], c.eps)
+            o = self._norm(o, layer.norms["post_attn"])
         return x + o
 
     def ffn_norm(self, il: int, x: np.ndarray) -> np.ndarray:
         """The input of ffn_gate and ffn_up."""
-        return rms_norm(x, self.layers[il].norms["ffn"], self.config.eps)
+        return self._norm(x, self.layers[il].norms["ffn"])
 
     def ffn_hidden(self, il: int, h: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """act(gate(h)) * up(h): the input of ffn_down."""
         L, act, th = self.layers[il].lin, self.activation, self.threads
-        return _ACTIVATIONS[self.config.facts.activation](L["gate"](h, act, th, hook)) * L["up"](h, act, th, hook)
+        return self._activate(L["gate"](h, act, th, hook), L["up"](h, act, th, hook))
+
+    # Norms and activations stay on the calling thread: handing row blocks of a 0.3 ms norm
+    # to Python threads made them slower on 2 threads (Gemma 3 270M: 0.09 -> 0.15 s a chunk)
+    def _norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return rms_norm(x, w, self.config.eps)
+
+    def _activate(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """act(gate) * up, the gated MLP's hidden state."""
+        return _ACTIVATIONS[self.config.facts.activation](gate) * up
 
     def ffn_residual(self, il: int, x: np.ndarray, f: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """x plus the MLP's output, projected by ffn_down (and normed, Gemma 3)."""
         c, layer = self.config, self.layers[il]
         f = layer.lin["down"](f, self.activation, self.threads, hook)
         if c.facts.post_norms:
-            f = rms_norm(f, layer.norms["post_ffn"], c.eps)
+            f = self._norm(f, layer.norms["post_ffn"])
         return x + f
 
-    def logit_slices(self, hidden: np.ndarray, hook: Hook | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    def logit_map(self, hidden: np.ndarray, fn: Callable[[int, int, np.ndarray], R],
+                  hook: Hook | None = None) -> list[R]:
         """The output head on final hidden states (rows, n_embd), a slice of the vocabulary at
-        a time: (v0, v1, logits of tokens v0..v1-1), (rows, v1 - v0) float32."""
+        a time on the run's threads: [fn(v0, v1, logits of tokens v0..v1-1), ...] in
+        vocabulary order, the logits (rows, v1 - v0) float32. fn runs beside other slices'
+        calls: it may only write its own part of shared arrays."""
         x = np.ascontiguousarray(hidden, dtype=np.float32)
         if hook is not None:
             hook(self.output.name, x)
         cap = np.float32(self.config.final_softcap)
-        for v0, v1, y in self.output.slices(x, self.activation, self.threads):
-            yield v0, v1, (np.tanh(y / cap) * cap if cap else y)
+        piece = self.output.product(x, self.activation, self.threads)
+
+        def one(r: tuple[int, int]) -> R:
+            y = piece(*r)
+            return fn(r[0], r[1], np.tanh(y / cap) * cap if cap else y)
+
+        return pmap(one, self.output.ranges(), self.threads)
 
     def logits(self, hidden: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The output head on final hidden states (rows, n_embd) -> (rows, n_vocab)."""
         y = np.empty((len(hidden), self.n_vocab), np.float32)
-        for v0, v1, part in self.logit_slices(hidden, hook):
+
+        def put(v0: int, v1: int, part: np.ndarray) -> None:
             y[:, v0:v1] = part
+
+        self.logit_map(hidden, put, hook)
         return y
 
     def forward(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format
 from ..gemm import check_pair_block
 from ..report import table
 from . import gguf_io
-from .blas import blas_threads
+from .parallel import blas_threads
 from .chunks import Chunk, builtin_text, chunks
 from .model import Model, from_gguf
 from .quantize import quantize_model
@@ -50,20 +50,25 @@ class Stats:
 
 def _nll(model: Model, hidden: np.ndarray, targets: np.ndarray, hook) -> np.ndarray:
     """-log softmax(logits)[target] per row, with the head a slice of the vocabulary at a
-    time: a running log-sum-exp, so that no row's whole logits are ever held."""
+    time (on the run's threads): each slice's largest logit and sum of exp(logit - largest)
+    per row, combined at the end, so that no row's whole logits are ever held."""
     n = len(targets)
-    top = np.full(n, -np.inf)  # the largest logit so far, per row
-    total = np.zeros(n)  # sum of exp(logit - top) so far, in float64
     picked = np.empty(n, np.float64)
-    for v0, v1, z in model.logit_slices(hidden, hook):
-        new = np.maximum(top, z.max(axis=1))
-        with np.errstate(invalid="ignore"):  # -inf - -inf before the first slice: scaled by 0
-            scale = np.where(np.isneginf(top), 0.0, np.exp(top - new))
+
+    def reduce(v0: int, v1: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top = z.max(axis=1)
+        shift = np.where(np.isneginf(top), np.float32(0), top)  # a row of -inf: exp gives 0s, not NaNs
         # exp in float32 (all terms <= 1, half the time of float64), summed in float64
-        total = total * scale + np.exp(z - new[:, None].astype(np.float32)).sum(axis=1, dtype=np.float64)
-        top = new
+        total = np.exp(z - shift[:, None]).sum(axis=1, dtype=np.float64)
         here = (targets >= v0) & (targets < v1)
-        picked[here] = z[here, targets[here] - v0]
+        picked[here] = z[here, targets[here] - v0]  # slices own disjoint rows of picked
+        return top, total
+
+    parts = model.logit_map(hidden, reduce, hook)
+    tops = np.stack([p[0] for p in parts]).astype(np.float64)  # (slices, rows)
+    top = tops.max(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):  # a slice of -inf logits adds exp(-inf) = 0
+        total = sum(p[1] * np.exp(t - top) for p, t in zip(parts, tops))
     return np.log(total) + top - picked
 
 
