@@ -113,9 +113,10 @@ def calibrate(src: gguf_io.GGUFFile, plans: Mapping, text: str, spill_dir: str |
     parts = calibration_chunks(tok.encode(text, add_bos=False), ctx, tok.bos_id, max_chunks)
     out = Calibration(chunks=len(parts), tokens=sum(len(c.tokens) for c in parts))
     planned = {n: p for n, p in plans.items() if p.quantized and p.target.iq1 is not None}
-    if any(len(p.src.shape) > 2 for p in planned.values()):
-        raise ValueError("--calibration: expert (3-D) tensors need a mixture-of-experts forward pass, which "
-                         "iq1q.models.model does not have yet")
+    if any(len(p.src.shape) > 2 for p in planned.values()) or any(
+            layer.moe is not None or layer.mla is not None for layer in model.layers):
+        raise ValueError(f"--calibration quantizes the q, k, v, output and dense MLP matrices block by block; "
+                         f"{model.config.arch!r} models with experts or latent attention are not supported")
     outside = [n for n in planned if not n.startswith("blk.")]
     if outside:
         warn(f"--calibration covers the blocks' matrices; {len(outside)} other tensor(s) (e.g. {outside[0]}) "

@@ -1,4 +1,6 @@
-"""A numpy float32 forward pass of `llama` and `gemma3` GGUF models over iq1q.matmul.
+"""A numpy float32 forward pass of GGUF models over iq1q.matmul: `llama`, `gemma3`, `qwen3`,
+`qwen3moe` and `deepseek2` (mixtures of experts: iq1q.models.moe; DeepSeek's multi-head latent
+attention: iq1q.models.mla).
 
     m = iq1q.models.model.load("model.gguf", activation="q8_k128")
     logits = m.forward(token_ids)                 # (T, n_vocab) float32, causal, positions 0..T-1
@@ -9,7 +11,7 @@ activation format; every other weight is dequantized to float32 once and multipl
 numpy. The hyper-parameters come from the GGUF metadata (`{arch}.*` keys, as llama.cpp
 reads them); what llama.cpp fixes per architecture instead of reading it (Gemma 3's
 5-local-1-global layer pattern and its local RoPE base, the embedding scale, the GELU MLP,
-the extra norms) is in ARCHITECTURES, the one place for such facts.
+the extra norms, Qwen3-MoE's routing) is in ARCHITECTURES, the one place for such facts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import numpy as np
 from ..formats import WEIGHT_FORMATS
 from ..gemm import matmul
 from ..tensors import QuantizedTensor
+from .errors import ModelError
+from .mla import MLA, MLAConfig, kq_scale
+from .moe import MoE, MoEConfig, matrix_name
 from .parallel import pmap
 from .rows import RowMatrix
 
@@ -32,10 +37,6 @@ Hook = Callable[[str, np.ndarray], None]
 R = TypeVar("R")
 
 QUERY_ROWS = 64  # queries per piece of attention work
-
-
-class ModelError(ValueError):
-    """A GGUF model this runner cannot run (architecture, metadata or tensors)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ class ArchFacts:
     post_norms: bool = False   # RMSNorm of the attention and MLP outputs before the residual add
     swa_pattern: int = 0       # every swa_pattern-th layer is global, the others sliding (0: none)
     rope_base_swa: float | None = None  # RoPE base of the sliding layers
+    mla: bool = False          # multi-head latent attention (iq1q.models.mla) instead of q, k, v
+    moe: bool = False          # blocks may be mixtures of experts (iq1q.models.moe)
+    expert_gating: str | None = None         # fixed gating function; None: the expert_gating_func key
+    expert_weights_norm: bool | None = None  # fixed; None: the expert_weights_norm key
+    expert_weights_scale: bool = False       # the chosen weights are scaled by expert_weights_scale
 
 
 ARCHITECTURES: dict[str, ArchFacts] = {
@@ -57,7 +63,36 @@ ARCHITECTURES: dict[str, ArchFacts] = {
     # RoPE base 10000; norm weights in GGUF already include Gemma's "1 +"
     "gemma3": ArchFacts(rope_neox=True, activation="gelu", embed_scale=True, qk_norm=True,
                         post_norms=True, swa_pattern=6, rope_base_swa=10000.0),
+    # llama.cpp's build_qwen3 / build_qwen3moe: NEOX RoPE, q/k norms; softmax routing whose
+    # chosen weights are always normalized, whatever the metadata says
+    "qwen3": ArchFacts(rope_neox=True, activation="silu", qk_norm=True),
+    "qwen3moe": ArchFacts(rope_neox=True, activation="silu", qk_norm=True, moe=True,
+                          expert_gating="softmax", expert_weights_norm=True),
+    # build_deepseek2: RoPE "norm" on the RoPE part of the heads; gating, normalization,
+    # scale, shared experts and the leading dense blocks all from the metadata
+    "deepseek2": ArchFacts(rope_neox=False, activation="silu", mla=True, moe=True, expert_weights_scale=True),
 }
+
+
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN RoPE scaling as ggml applies it (ggml_rope_ext's ext_factor, beta_fast, beta_slow)."""
+
+    freq_scale: float   # 1 / rope.scaling.factor
+    n_ctx_orig: int     # rope.scaling.original_context_length
+    ext_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+    def ramp(self, n_rot: int, base: float) -> np.ndarray:
+        """Per rotated pair, how much of the unscaled (extrapolated) angle is kept: 1 for the
+        fast dimensions, 0 for the slow ones, linear between ggml's correction dimensions."""
+        def dim(beta: float) -> float:
+            return n_rot * math.log(self.n_ctx_orig / (beta * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = max(0.0, math.floor(dim(self.beta_fast))), min(n_rot - 1.0, math.ceil(dim(self.beta_slow)))
+        y = (np.arange(n_rot // 2) - low) / max(0.001, high - low)
+        return (1.0 - np.clip(y, 0.0, 1.0)) * self.ext_factor
 
 
 @dataclass(frozen=True)
@@ -78,6 +113,10 @@ class Config:
     swa_layers: tuple[bool, ...]
     final_softcap: float  # 0: none
     facts: ArchFacts
+    yarn: Yarn | None = None
+    rope_mscale: float = 1.0   # cos and sin multiplied by it (YaRN's magnitude, rope.scaling.attn_factor)
+    moe: MoEConfig | None = None
+    mla: MLAConfig | None = None
 
     @classmethod
     def from_metadata(cls, md: Mapping[str, Any]) -> Config:
@@ -112,17 +151,36 @@ class Config:
         n_rot = int(key("rope.dimension_count", head_dim))
         scaling = str(key("rope.scaling.type", "none"))
         factor = float(key("rope.scaling.factor", 1.0))
-        if scaling not in ("none", "linear") and factor != 1.0:
-            raise ModelError(f"RoPE scaling {scaling!r} is not supported (only linear)")
+        attn_factor = float(key("rope.scaling.attn_factor", 1.0))
+        yarn, pos_scale = None, 1.0 / factor if factor else 1.0
+        if scaling == "yarn" and factor not in (0.0, 1.0):
+            yarn = Yarn(1.0 / factor, int(key("rope.scaling.original_context_length", key("context_length"))))
+            pos_scale = 1.0
+        elif scaling not in ("none", "linear") and factor != 1.0:
+            raise ModelError(f"RoPE scaling {scaling!r} is not supported (only linear and yarn)")
+        # ggml's rope multiplies cos and sin by attn_factor, and YaRN by 1 + 0.1 ln(factor) more
+        rope_mscale = attn_factor * (1.0 + 0.1 * math.log(factor) if yarn else 1.0)
         scale = 1.0 / math.sqrt(head_dim)
+        mla = MLAConfig.from_metadata(key, arch, n_head) if facts.mla else None
+        if mla is not None:
+            head_dim, value_dim, n_rot = mla.nope + mla.rope, mla.v, mla.rope
+            # llama.cpp's deepseek2 keeps the rotation unscaled and puts YaRN's magnitude,
+            # with yarn_log_multiplier, into the score scale instead
+            freq_scale = 1.0 / factor if scaling != "none" and factor else 1.0
+            scale = kq_scale(head_dim, attn_factor, float(key("rope.scaling.yarn_log_multiplier", 0.0)), freq_scale)
+            rope_mscale = 1.0
+        moe = None
+        if facts.moe and (facts.mla or int(key("expert_count", 0)) > 0):
+            moe = MoEConfig.from_metadata(key, arch, facts.expert_gating, facts.expert_weights_norm,
+                                          facts.expert_weights_scale)
         if arch == "gemma3" and n_layer == 62:  # llama.cpp: Gemma 3 27B scales by n_embd / n_head
             scale = 1.0 / math.sqrt(n_embd / n_head)
         window = int(key("attention.sliding_window", 0)) if facts.swa_pattern else 0
         swa = tuple(bool(window) and (il + 1) % facts.swa_pattern != 0 for il in range(n_layer))
         return cls(arch, n_layer, n_embd, n_head, n_head_kv, head_dim, value_dim, n_rot,
                    float(key("attention.layer_norm_rms_epsilon", 1e-5)), float(key("rope.freq_base", 10000.0)),
-                   1.0 / factor if factor else 1.0, scale, window, swa,
-                   float(key("final_logit_softcapping", 0.0)), facts)
+                   pos_scale, scale, window, swa, float(key("final_logit_softcapping", 0.0)), facts,
+                   yarn, rope_mscale, moe, mla)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -143,11 +201,13 @@ _ACTIVATIONS = {"gelu": _gelu, "silu": _silu}
 
 
 def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, neox: bool,
-         freq_factors: np.ndarray | None = None, cache: dict | None = None) -> np.ndarray:
-    """Rotary embedding of x (T, heads, d) at positions pos (T,), first n_rot dims of each head.
+         freq_factors: np.ndarray | None = None, yarn: Yarn | None = None, mscale: float = 1.0,
+         cache: dict | None = None) -> np.ndarray:
+    """Rotary embedding of x (T, heads, d) at positions pos (T,), first n_rot dims of each head;
+    with yarn, each pair's angle mixes the scaled and the unscaled one; cos and sin times mscale.
     cache: a dict for the cos/sin tables of these positions (Positions.rope_tables), which
     every layer with the same RoPE parameters shares."""
-    key = (n_rot, base, scale, None if freq_factors is None else freq_factors.tobytes())
+    key = (n_rot, base, scale, None if freq_factors is None else freq_factors.tobytes(), yarn, mscale)
     tables = cache.get(key) if cache is not None else None
     half = n_rot // 2
     if tables is None:
@@ -155,7 +215,11 @@ def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, 
         if freq_factors is not None:  # llama 3's rope_freqs: theta_i / factor_i
             inv = inv / freq_factors[:half]
         theta = (pos.astype(np.float64) * scale)[:, None] * inv[None, :]
-        tables = np.cos(theta).astype(np.float32)[:, None, :], np.sin(theta).astype(np.float32)[:, None, :]
+        if yarn is not None:
+            keep = yarn.ramp(n_rot, base)
+            theta = theta * (yarn.freq_scale * (1.0 - keep) + keep)
+        tables = ((np.cos(theta) * mscale).astype(np.float32)[:, None, :],
+                  (np.sin(theta) * mscale).astype(np.float32)[:, None, :])
         if cache is not None:
             cache[key] = tables
     cos, sin = tables
@@ -206,6 +270,8 @@ class Linear:
     def __call__(self, x: np.ndarray, activation: str, threads: int | None, hook: Hook | None) -> np.ndarray:
         if hook is not None:
             hook(self.name, x)
+        if x.shape[0] == 0:  # an expert no token was routed to
+            return np.empty((0, self.shape[0]), np.float32)
         piece = self.product(x, activation, threads)
         if self.quantized:
             return piece(0, self.shape[0])
@@ -219,8 +285,19 @@ class Linear:
 
 
 class _Layer:
-    def __init__(self, lin: dict[str, Linear], norms: dict[str, np.ndarray]):
+    def __init__(self, lin: dict[str, Linear], norms: dict[str, np.ndarray], mla: MLA | None = None,
+                 moe: MoE | None = None):
         self.lin, self.norms = lin, norms
+        self.mla, self.moe = mla, moe  # latent attention's per-head and the experts' layers
+
+    def linears(self) -> list[Linear]:
+        """The layer's Linear layers: attention's first, the experts' among the MLP's."""
+        out = list(self.lin.values())
+        if self.mla is not None:
+            out += [lin for lin in self.mla.linears() if lin not in out]
+        if self.moe is not None:
+            out += self.moe.linears()
+        return out
 
 
 @dataclass(frozen=True)
@@ -263,16 +340,34 @@ class Model:
 
         def linear(name: str, rows: int, cols: int) -> Linear:
             w = get(name)
-            if isinstance(w, tuple):
-                raise ModelError(f"tensor {name!r} is 3-D (experts): mixture-of-experts models are not supported")
+            if isinstance(w, tuple) or np.ndim(w) == 3:
+                raise ModelError(f"tensor {name!r} is 3-D, expected a matrix of shape {(rows, cols)}")
             if not isinstance(w, QuantizedTensor):
                 w = np.ascontiguousarray(w, dtype=np.float32)
             if tuple(w.shape) != (rows, cols):
                 raise ModelError(f"tensor {name!r} has shape {tuple(w.shape)}, expected {(rows, cols)}")
             return Linear(name, w)
 
-        if "blk.0.ffn_gate_inp.weight" in tensors:
-            raise ModelError("mixture-of-experts models (ffn_gate_inp) are not supported")
+        def stacked(name: str, n: int, rows: int, cols: int) -> list[Linear]:
+            """A 3-D tensor (n, rows, cols) as one Linear per matrix, named matrix_name(name, i);
+            a matrix of (n * rows, cols) is cut into its n matrices the same way."""
+            w = get(name)
+            if isinstance(w, QuantizedTensor) and w.shape == (n * rows, cols) and rows % w._format.rows_per_group == 0:
+                rs = w._format.row_size(cols)
+                w = tuple(QuantizedTensor(w._format, rows, cols, w.data[i * rows * rs:(i + 1) * rows * rs])
+                          for i in range(n))
+            elif (not isinstance(w, (tuple, QuantizedTensor)) and np.size(w) == n * rows * cols
+                  and np.shape(w)[-1] == cols):
+                w = np.ascontiguousarray(w, dtype=np.float32).reshape(n, rows, cols)
+            shape = (len(w),) + tuple(w[0].shape) if isinstance(w, tuple) else tuple(np.shape(w))
+            if shape != (n, rows, cols):
+                raise ModelError(f"tensor {name!r} has shape {shape}, expected {(n, rows, cols)}")
+            return [Linear(matrix_name(name, i), m) for i, m in enumerate(w)]
+
+        if c.moe is None and "blk.0.ffn_gate_inp.weight" in tensors:
+            raise ModelError(f"mixture-of-experts {c.arch!r} models (ffn_gate_inp) are not supported "
+                             f"(supported for: {', '.join(a for a, f in ARCHITECTURES.items() if f.moe)})")
+        act = _ACTIVATIONS[c.facts.activation]
 
         def stored(name: str):
             """The tensor as the file stores it, when that is not IQ1 (read in its own bytes);
@@ -307,24 +402,59 @@ class Model:
         self.layers = []
         for il in range(c.n_layer):
             p = f"blk.{il}."
-            n_ff = get(p + "ffn_gate.weight").shape[0]
-            lin = {
-                "q": linear(p + "attn_q.weight", q_out, c.n_embd),
-                "k": linear(p + "attn_k.weight", kv_out, c.n_embd),
-                "v": linear(p + "attn_v.weight", v_out, c.n_embd),
-                "o": linear(p + "attn_output.weight", c.n_embd, c.n_head * c.value_dim),
-                "gate": linear(p + "ffn_gate.weight", n_ff, c.n_embd),
-                "up": linear(p + "ffn_up.weight", n_ff, c.n_embd),
-                "down": linear(p + "ffn_down.weight", c.n_embd, n_ff),
-            }
+            mla = moe = None
             norms = {"attn": vec(p + "attn_norm.weight", c.n_embd), "ffn": vec(p + "ffn_norm.weight", c.n_embd)}
+            if c.mla is None:
+                lin = {"q": linear(p + "attn_q.weight", q_out, c.n_embd),
+                       "k": linear(p + "attn_k.weight", kv_out, c.n_embd),
+                       "v": linear(p + "attn_v.weight", v_out, c.n_embd)}
+            else:
+                m, H = c.mla, c.n_head
+                if m.q_lora_rank:
+                    lin = {"q_a": linear(p + "attn_q_a.weight", m.q_lora_rank, c.n_embd),
+                           "q_b": linear(p + "attn_q_b.weight", H * c.head_dim, m.q_lora_rank)}
+                    norms["q_a"] = vec(p + "attn_q_a_norm.weight", m.q_lora_rank)
+                else:
+                    lin = {"q": linear(p + "attn_q.weight", H * c.head_dim, c.n_embd)}
+                lin["kv_a"] = linear(p + "attn_kv_a_mqa.weight", m.kv_lora_rank + m.rope, c.n_embd)
+                norms["kv_a"] = vec(p + "attn_kv_a_norm.weight", m.kv_lora_rank)
+                k_b = v_b = None
+                if p + "attn_kv_b.weight" in tensors:
+                    lin["kv_b"] = linear(p + "attn_kv_b.weight", H * (m.nope + m.v), m.kv_lora_rank)
+                else:
+                    k_b = stacked(p + "attn_k_b.weight", H, m.kv_lora_rank, m.nope)
+                    v_b = stacked(p + "attn_v_b.weight", H, m.v, m.kv_lora_rank)
+                mla = MLA(m, H, lin, norms, k_b, v_b)
+            lin["o"] = linear(p + "attn_output.weight", c.n_embd, c.n_head * c.value_dim)
+            if c.moe is not None and il >= c.moe.dense_lead:
+                e = c.moe
+                router = np.ascontiguousarray(get(p + "ffn_gate_inp.weight"), dtype=np.float32)
+                if router.shape != (e.n_expert, c.n_embd):
+                    raise ModelError(f"tensor '{p}ffn_gate_inp.weight' has shape {router.shape}, "
+                                     f"expected {(e.n_expert, c.n_embd)}")
+                experts = {"gate": stacked(p + "ffn_gate_exps.weight", e.n_expert, e.n_ff, c.n_embd),
+                           "up": stacked(p + "ffn_up_exps.weight", e.n_expert, e.n_ff, c.n_embd),
+                           "down": stacked(p + "ffn_down_exps.weight", e.n_expert, c.n_embd, e.n_ff)}
+                shared = None
+                if e.n_shared:
+                    n_sh = e.n_shared * e.n_ff
+                    shared = {"gate": linear(p + "ffn_gate_shexp.weight", n_sh, c.n_embd),
+                              "up": linear(p + "ffn_up_shexp.weight", n_sh, c.n_embd),
+                              "down": linear(p + "ffn_down_shexp.weight", c.n_embd, n_sh)}
+                bias = vec(p + "exp_probs_b.bias", e.n_expert, optional=True)
+                moe = MoE(e, p + "ffn_gate_inp.weight", router, bias, experts, shared, act)
+            else:
+                n_ff = get(p + "ffn_gate.weight").shape[0]
+                lin |= {"gate": linear(p + "ffn_gate.weight", n_ff, c.n_embd),
+                        "up": linear(p + "ffn_up.weight", n_ff, c.n_embd),
+                        "down": linear(p + "ffn_down.weight", c.n_embd, n_ff)}
             if c.facts.qk_norm:
                 norms["q"] = vec(p + "attn_q_norm.weight", c.head_dim)
                 norms["k"] = vec(p + "attn_k_norm.weight", c.head_dim)
             if c.facts.post_norms:
                 norms["post_attn"] = vec(p + "post_attention_norm.weight", c.n_embd)
                 norms["post_ffn"] = vec(p + "post_ffw_norm.weight", c.n_embd)
-            self.layers.append(_Layer(lin, norms))
+            self.layers.append(_Layer(lin, norms, mla, moe))
 
     def set_weight(self, name: str, weight: QuantizedTensor | np.ndarray) -> None:
         """Replace a block linear layer's weight (same shape) by tensor name, e.g. with its
@@ -342,7 +472,7 @@ class Model:
 
     def linears(self) -> list[Linear]:
         """Every linear layer in the order forward() calls them (the output head last)."""
-        return [lin for layer in self.layers for lin in layer.lin.values()] + [self.output]
+        return [lin for layer in self.layers for lin in layer.linears()] + [self.output]
 
     def _tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(tokens)
@@ -385,6 +515,9 @@ class Model:
         methods of their own, for callers that need what passes between them (calibration)."""
         a = self.attention(il, self.attention_norm(il, x), where, hook)
         x = self.attention_residual(il, x, a, hook)
+        moe = self.layers[il].moe
+        if moe is not None:
+            return x + moe(self.ffn_norm(il, x), self.activation, self.threads, hook)
         f = self.ffn_hidden(il, self.ffn_norm(il, x), hook)
         return self.ffn_residual(il, x, f, hook)
 
@@ -398,16 +531,23 @@ class Model:
         T = h.shape[0]
         layer = self.layers[il]
         L, N = layer.lin, layer.norms
+        if layer.mla is not None:
+            def rot(t: np.ndarray) -> np.ndarray:
+                return rope(t, where.pos, c.n_rot, c.rope_base, c.rope_scale, c.facts.rope_neox, self.rope_freqs,
+                            c.yarn, c.rope_mscale, where.rope_tables)
+
+            return layer.mla(h, where.causal, rot, self._norm, c.attn_scale, act, th, hook)
         sliding = c.swa_layers[il]
         base = c.facts.rope_base_swa if sliding else c.rope_base
         scale = 1.0 if sliding else c.rope_scale
+        yarn, mscale = (None, 1.0) if sliding else (c.yarn, c.rope_mscale)
         q = L["q"](h, act, th, hook).reshape(T, c.n_head, c.head_dim)
         k = L["k"](h, act, th, hook).reshape(T, c.n_head_kv, c.head_dim)
         v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
         if c.facts.qk_norm:
             q, k = self._norm(q, N["q"]), self._norm(k, N["k"])
-        q = rope(q, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, where.rope_tables)
-        k = rope(k, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, where.rope_tables)
+        q = rope(q, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, yarn, mscale, where.rope_tables)
+        k = rope(k, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, yarn, mscale, where.rope_tables)
         # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts.
         # Work in pieces of QUERY_ROWS queries of one KV head, on the run's threads; a
         # piece's scores take group * QUERY_ROWS * T floats, and it reads only the keys up
@@ -445,7 +585,9 @@ class Model:
         return self._norm(x, self.layers[il].norms["ffn"])
 
     def ffn_hidden(self, il: int, h: np.ndarray, hook: Hook | None = None) -> np.ndarray:
-        """act(gate(h)) * up(h): the input of ffn_down."""
+        """act(gate(h)) * up(h): the input of ffn_down (dense blocks only)."""
+        if self.layers[il].moe is not None:
+            raise ModelError(f"block {il} is a mixture of experts: its MLP has no single ffn_down input")
         L, act, th = self.layers[il].lin, self.activation, self.threads
         return self._activate(L["gate"](h, act, th, hook), L["up"](h, act, th, hook))
 
@@ -505,7 +647,7 @@ def from_gguf(f, activation: str = "auto", threads: int | None = None) -> Model:
 
 
 def load(path: str | os.PathLike, activation: str = "auto", threads: int | None = None) -> Model:
-    """Read a GGUF model (llama or gemma3 architecture) for forward passes."""
+    """Read a GGUF model (an architecture of ARCHITECTURES) for forward passes."""
     from . import gguf_io
 
     return from_gguf(gguf_io.read(path), activation, threads)
