@@ -36,12 +36,14 @@ def test_rows_are_the_gguf_package_values(rng, qtype, monkeypatch):
     np.testing.assert_array_equal(got, want)
     h = rng.standard_normal((3, 256)).astype(np.float32)
     monkeypatch.setattr(rows, "SLICE_ROWS", 8)  # a product of 5 pieces, on 1 and 2 threads
-    if qtype == T.Q8_0 and registry.stored_product("Q8_0"):  # in integers: h quantized to q8_0 as ggml does
-        h = gguf.quants.dequantize(gguf.quants.quantize(h, T.Q8_0), T.Q8_0)
+    lin, hq = Linear("w", m), h
+    if qtype == T.Q8_0:  # as ggml: h quantized to q8_0 (whether a backend serves Q8_0 or not)
+        hq = gguf.quants.dequantize(gguf.quants.quantize(h, T.Q8_0), T.Q8_0)
     for threads in (1, 2):
-        np.testing.assert_allclose(Linear("w", m)(h, "auto", threads, None), h.astype(np.float64) @ want.T,
-                                   rtol=1e-5, atol=1e-5)
-
+        np.testing.assert_allclose(lin(h, "auto", threads, None), hq.astype(np.float64) @ want.T, rtol=1e-5, atol=1e-5)
+    piece = lin.product(h, "auto", 1, exact=True)  # the float model's head: h as it is
+    np.testing.assert_allclose(np.concatenate([piece(a, b) for a, b in lin.ranges()], axis=1),
+                               h.astype(np.float64) @ want.T, rtol=1e-5, atol=1e-5)
 
 class Q8Recorder:
     """A throw-away plugin whose backend multiplies Q8_0 weights in float64 from the bytes."""
@@ -93,6 +95,11 @@ def test_q8_0_rows_go_to_the_backend_that_serves_them(rng, monkeypatch):
         iq1q.Backend("bad", stored_products={"Q4_K": print})
     with pytest.raises(ValueError, match="unknown stored type 'F16'"):
         registry.stored_product("F16")
+    # no backend serves Q8_0: the same product from the dequantized values
+    monkeypatch.setattr(registry, "stored_product", lambda kind, backend=None: None)
+    h[1, 5] = 0.5
+    hq = gguf.quants.dequantize(gguf.quants.quantize(h, T.Q8_0), T.Q8_0).astype(np.float64)
+    np.testing.assert_allclose(Linear("w", RowMatrix("w", r))(h, "auto", 2, None), hq @ want.T, rtol=1e-5, atol=1e-5)
 
 
 def test_iq1_rows_come_from_their_four_row_groups(rng):

@@ -255,10 +255,12 @@ class Linear:
         results either way, and whatever the thread count."""
         return [(0, self.shape[0])] if self.quantized else self._rows.ranges()
 
-    def product(self, x: np.ndarray, activation: str, threads: int | None) -> Callable[[int, int], np.ndarray]:
-        """(r0, r1) -> x @ W[r0:r1].T as float32, for (r0, r1) in ranges()."""
+    def product(self, x: np.ndarray, activation: str, threads: int | None,
+                exact: bool = False) -> Callable[[int, int], np.ndarray]:
+        """(r0, r1) -> x @ W[r0:r1].T as float32, for (r0, r1) in ranges(); exact: a non-IQ1
+        weight in float32, x as it is (RowMatrix.product)."""
         if not self.quantized:
-            return self._rows.product(x, threads)
+            return self._rows.product(x, threads, exact)
 
         def whole(r0: int, r1: int) -> np.ndarray:
             if not np.isfinite(x).all():  # NaN from an earlier layer: propagate it, as ggml does
@@ -319,6 +321,9 @@ class Model:
         raw, when given (GGUFFile.raw): the stored tensors, from which the token embedding and
         a non-IQ1 output head are read in their own bytes rather than as float copies."""
         self.config, self.activation, self.threads = config, activation, threads
+        # the output head in float32 even where the file stores it as Q8_0 (the float model's
+        # run of `iq1q perplexity`); by default it is multiplied as ggml does (RowMatrix.product)
+        self.float_head = False
         self.metadata = metadata or {}
         c = config
 
@@ -618,7 +623,7 @@ class Model:
         if hook is not None:
             hook(self.output.name, x)
         cap = np.float32(self.config.final_softcap)
-        piece = self.output.product(x, self.activation, self.threads)
+        piece = self.output.product(x, self.activation, self.threads, exact=self.float_head)
 
         def one(r: tuple[int, int]) -> R:
             y = piece(*r)

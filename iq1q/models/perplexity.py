@@ -193,7 +193,9 @@ def perplexity(model_path: str | os.PathLike, text: str | None = None, ctx: int 
             model.activation = a
             runs.append(evaluate(model, Run(in_file[0], a, False, from_file=True), parts, progress))
     else:
-        runs.append(evaluate(from_gguf(src, threads=threads), Run("float", None, False), parts, progress))
+        model = from_gguf(src, threads=threads)
+        model.float_head = True  # the float model: no 8-bit activations anywhere
+        runs.append(evaluate(model, Run("float", None, False), parts, progress))
         variants = ([None, imatrix] if both_imatrix else [imatrix])
         with tempfile.TemporaryDirectory(prefix="iq1q-ppl-") as tmp:
             for w in weights:

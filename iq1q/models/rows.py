@@ -7,11 +7,11 @@ dequantizes only what a step needs: the rows of the tokens looked up, and, for x
 slice of rows after another (SLICE_ROWS, a few MiB of floats).
 
 Products x @ M.T go a piece of rows at a time (RowMatrix.product). Q8_0 rows are multiplied
-in their own bytes, x quantized to q8_0 as ggml does, by the backend that serves Q8_0
-(iq1q.registry.stored_product; AVX-512 VNNI: 3x numpy's float32 product on one Zen 4 core);
-otherwise, and for every other type, the piece is dequantized and numpy multiplies: Q8_0
-natively (q8_0's bytes are the same as weights or as activations, docs/spec.md §4.1), F32
-and F16 by numpy, the rest by the gguf package.
+as ggml multiplies them, x quantized to q8_0: in their own bytes by the backend that serves
+Q8_0 (iq1q.registry.stored_product; AVX-512 VNNI: 3x numpy's float32 product on one Zen 4
+core), else dequantized. Every other type is dequantized a piece at a time and numpy
+multiplies: Q8_0 natively (q8_0's bytes are the same as weights or as activations,
+docs/spec.md §4.1), F32 and F16 by numpy, the rest by the gguf package.
 """
 
 from __future__ import annotations
@@ -68,21 +68,30 @@ class RowMatrix:
             return QuantizedActivations.from_bytes(part, "q8_0", (r1 - r0, self.shape[1])).dequantize(threads)
         return np.asarray(to_array(RawTensor(m.ggml_type, (r1 - r0, self.shape[1]), part)), np.float32)
 
-    def product(self, x: np.ndarray, threads: int | None = None) -> Callable[[int, int], np.ndarray]:
+    def product(self, x: np.ndarray, threads: int | None = None,
+                exact: bool = False) -> Callable[[int, int], np.ndarray]:
         """A function (r0, r1) -> x @ M[r0:r1].T as float32 (r0, r1 as for rows()), for a
         product computed a piece at a time, pieces side by side on threads of their own (each
-        piece runs on one). threads: for what is done once here (quantizing x)."""
+        piece runs on one). threads: for what is done once here (quantizing x).
+
+        Rows of a STORED_TYPES type are multiplied as ggml multiplies them, x quantized to the
+        type's activation format: by the backend that serves the type, else in float32 from
+        both dequantized (the same values, in another summation order), so that results do
+        not depend on the CPU. exact: x in float32 as it is, every type dequantized."""
         m = self.matrix
         kind = getattr(m, "type_name", None)
-        found = registry.stored_product(kind) if kind in STORED_TYPES else None
-        if found is None or not np.isfinite(x).all():  # NaN/Inf: the float product carries them
+        if exact or kind not in STORED_TYPES or not np.isfinite(x).all():  # NaN/Inf: carried, not raised
             return lambda r0, r1: x @ self.rows(r0, r1, threads=1).T
-        product, rb = found[1], m.row_bytes
-        xq = quantize_activations(x, STORED_TYPES[kind], threads=threads).data
+        xq = quantize_activations(x, STORED_TYPES[kind], threads=threads)
+        found = registry.stored_product(kind)
+        if found is None:
+            xf = xq.dequantize(threads)
+            return lambda r0, r1: xf @ self.rows(r0, r1, threads=1).T
+        product, rb, a = found[1], m.row_bytes, xq.data
 
         def piece(r0: int, r1: int) -> np.ndarray:
             y = np.empty((x.shape[0], r1 - r0), np.float32)
-            product(m.data[r0 * rb:r1 * rb], xq, y, self.shape[1], 1)
+            product(m.data[r0 * rb:r1 * rb], a, y, self.shape[1], 1)
             return y
         return piece
 
