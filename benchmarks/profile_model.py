@@ -42,7 +42,6 @@ from bench_model import gemma  # noqa: E402
 
 from iq1q import gemm  # noqa: E402
 from iq1q.models import chunks, gguf_io, model, perplexity, tokenizer  # noqa: E402
-from iq1q.models.parallel import blas_threads  # noqa: E402
 from iq1q.report import table  # noqa: E402
 
 PARTS = ("load", "tokenize", "IQ1 matmuls", "act. quantize", "other linears", "output head", "NLL",
@@ -112,11 +111,10 @@ def profile(path: Path, text: str, ctx: int, max_chunks: int | None, threads: in
     t.seconds["tokenize"] = time.perf_counter() - t0
     parts = chunks.chunks(ids, ctx, tok.bos_id, llama_compatible=True, max_chunks=max_chunks)
     t0 = time.perf_counter()
-    with blas_threads(threads):  # as perplexity.evaluate
-        for c in parts:
-            total = t.wrap("attention etc.", m.hidden)  # the blocks' time not claimed by a part inside
-            h = total(c.tokens)
-            perplexity._nll(m, h[c.first:-1], c.tokens[c.first + 1:], None)
+    for c in parts:
+        total = t.wrap("attention etc.", m.hidden)  # the blocks' time not claimed by a part inside
+        h = total(c.tokens)
+        perplexity._nll(m, h[c.first:-1], c.tokens[c.first + 1:], None)
     t.seconds["wall"] = time.perf_counter() - t0 + t.seconds["load"] + t.seconds["tokenize"]
     return dict(t.seconds), len(parts)
 

@@ -272,7 +272,6 @@ def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks
     from tqdm import tqdm
 
     from . import gguf_io
-    from .parallel import blas_threads
     from .chunks import calibration_chunks
     from .model import from_gguf
     from .tokenizer import Tokenizer
@@ -285,8 +284,7 @@ def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks
         raise ImatrixError(str(e)) from None
     model = from_gguf(f, threads=threads)
     col = Collector()
-    with blas_threads(threads):
-        for c in tqdm(parts, desc="imatrix", unit="chunk", leave=False, file=sys.stderr,
-                      disable=not (sys.stderr.isatty() if progress is None else progress)):
-            model.hidden(c.tokens, col)  # the output head is not collected, so not computed
+    for c in tqdm(parts, desc="imatrix", unit="chunk", leave=False, file=sys.stderr,
+                  disable=not (sys.stderr.isatty() if progress is None else progress)):
+        model.hidden(c.tokens, col)  # the output head is not collected, so not computed
     return col, len(parts)

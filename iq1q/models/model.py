@@ -30,7 +30,7 @@ from ..tensors import QuantizedTensor
 from .errors import ModelError
 from .mla import MLA, MLAConfig, kq_scale
 from .moe import MoE, MoEConfig, matrix_name
-from .parallel import pmap
+from .parallel import one_blas_thread, pmap
 from .rows import RowMatrix
 
 Hook = Callable[[str, np.ndarray], None]
@@ -489,7 +489,8 @@ class Model:
 
     def hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The final normed hidden states (T, n_embd) of tokens at positions 0..T-1."""
-        with np.errstate(invalid="ignore"):  # NaN (the pre-PR-#194 iq1_s_r4 x q8_1 kernel) runs through to the NLL
+        # NaN (the pre-PR-#194 iq1_s_r4 x q8_1 kernel) runs through to the NLL
+        with np.errstate(invalid="ignore"), one_blas_thread():
             return self._hidden(tokens, hook)
 
     def _hidden(self, tokens: Sequence[int] | np.ndarray, hook: Hook | None) -> np.ndarray:
@@ -620,16 +621,17 @@ class Model:
         vocabulary order, the logits (rows, v1 - v0) float32. fn runs beside other slices'
         calls: it may only write its own part of shared arrays."""
         x = np.ascontiguousarray(hidden, dtype=np.float32)
-        if hook is not None:
-            hook(self.output.name, x)
         cap = np.float32(self.config.final_softcap)
-        piece = self.output.product(x, self.activation, self.threads, exact=self.float_head)
 
         def one(r: tuple[int, int]) -> R:
             y = piece(*r)
             return fn(r[0], r[1], np.tanh(y / cap) * cap if cap else y)
 
-        return pmap(one, self.output.ranges(), self.threads)
+        with one_blas_thread():
+            if hook is not None:
+                hook(self.output.name, x)
+            piece = self.output.product(x, self.activation, self.threads, exact=self.float_head)
+            return pmap(one, self.output.ranges(), self.threads)
 
     def logits(self, hidden: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The output head on final hidden states (rows, n_embd) -> (rows, n_vocab)."""

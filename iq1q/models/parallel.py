@@ -8,9 +8,8 @@ workers spin for milliseconds after every call and take the cores the native poo
 next (Gemma 3 270M, 2 threads: the IQ1 products of a chunk took 0.46 s beside spinning
 BLAS workers and 0.26 s without them).
 
-    with blas_threads(threads):   # BLAS outside the pieces: the run's thread count
-        ...
-    parts = pmap(fn, items, threads)   # fn(item) for every item, in order, BLAS one thread
+    with one_blas_thread():            # a forward pass: no BLAS worker ever spins
+        parts = pmap(fn, items, threads)   # fn(item) for every item, in order, on threads
 """
 
 from __future__ import annotations
@@ -46,10 +45,11 @@ def _blas_limit(threads: int):
 
 
 @contextmanager
-def blas_threads(threads: int | None) -> Iterator[None]:
-    """BLAS limited to `threads` (default: iq1q's thread count) inside the block, so that
-    --threads holds for float products outside pmap."""
-    with _blas_limit(num_threads(threads)):
+def one_blas_thread() -> Iterator[None]:
+    """BLAS held to one thread inside the block (Model.hidden and Model.logit_map hold it):
+    the float products there are small or split by pmap, and a BLAS call of many threads
+    anywhere in a pass (a MoE router's) leaves workers spinning beside the native pool."""
+    with _blas_limit(1):
         yield
 
 
@@ -74,7 +74,7 @@ def pmap(fn: Callable[[T], R], items: Sequence[T], threads: int | None) -> list[
     n = num_threads(threads)
     if getattr(_inside, "active", False):  # already on a pmap worker
         return [fn(item) for item in items]
-    with _blas_limit(1):
+    with one_blas_thread():
         if n <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
         return list(_executor(n).map(_run(fn), items))

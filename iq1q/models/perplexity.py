@@ -23,7 +23,6 @@ from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format
 from ..gemm import check_pair_block
 from ..report import table
 from . import gguf_io
-from .parallel import blas_threads
 from .chunks import Chunk, builtin_text, chunks
 from .model import Model, from_gguf
 from .moe import split_matrix_name
@@ -119,13 +118,7 @@ class Run:
 
 
 def evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | None = None) -> Run:
-    """Fill run (ppl, NLLs, statistics) by evaluating every chunk with model, numpy's BLAS
-    held to the model's thread count."""
-    with blas_threads(model.threads):
-        return _evaluate(model, run, parts, progress)
-
-
-def _evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | None) -> Run:
+    """Fill run (ppl, NLLs, statistics) by evaluating every chunk with model."""
     from tqdm import tqdm
 
     if run.activations:  # before any work: a row length the pair cannot take
