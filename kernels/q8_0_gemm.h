@@ -13,7 +13,8 @@
  *
  * Layout: a call repacks its rows into tiles of IQ1Q_Q8_TILE rows interleaved four bytes
  * at a time (so one 512-bit load holds 4 columns of 16 rows, and one vpdpbusd adds their
- * products with 4 broadcast activation bytes), beside each tile's block scales and the
+ * products with 4 broadcast activation bytes; a broadcast serves the tile's IQ1Q_Q8_NV
+ * vectors), beside each tile's block scales and the
  * block sums the unsigned trick needs (below). The scratch is freed when the call returns:
  * nothing is kept beside the ggml bytes.
  *
@@ -37,8 +38,11 @@
 #include <immintrin.h>
 
 enum {
-    IQ1Q_Q8_TILE = 16, /* weight rows per tile: one int32 lane each */
-    IQ1Q_Q8_MR = 8,    /* activation rows per pass: 8 int and 8 float accumulators */
+    IQ1Q_Q8_NV = 2,                 /* 512-bit vectors of weight rows per tile */
+    IQ1Q_Q8_TILE = 16 * IQ1Q_Q8_NV, /* weight rows per tile: one int32 lane each */
+    /* activation rows per pass: NV int and NV float accumulators each (Zen 4, 1024 x 640 x 256:
+     * NV 2 / MR 4 146 GMAC/s; 1 / 8 127; 2 / 5 130; 2 / 6 128; 4 / 2 111; 3 / 3 97) */
+    IQ1Q_Q8_MR = 4,
 };
 
 typedef struct {
@@ -91,37 +95,47 @@ static void iq1q_q8_pack_row(const iq1q_q8_job *j, int64_t m) {
     }
 }
 
-/* Rows m0 .. m0 + mr - 1 of y over the 16 columns of tile t (mr <= IQ1Q_Q8_MR, a constant
+/* Rows m0 .. m0 + mr - 1 of y over the IQ1Q_Q8_TILE columns of tile t (mr <= IQ1Q_Q8_MR, a constant
  * where it is called, so that the accumulators stay in registers). */
 static inline __attribute__((always_inline)) void iq1q_q8_pass(const iq1q_q8_job *j, int64_t t, int64_t m0,
                                                                 const int mr) {
     const uint8_t *tile = j->tiles + (size_t)t * j->nblk * IQ1Q_Q8_TILE * IQ1Q_BLOCK_Q8_0;
     const float *wsc = j->wscale + (size_t)t * j->nblk * IQ1Q_Q8_TILE;
     const int32_t *wsum = j->wsum + (size_t)t * j->nblk * IQ1Q_Q8_TILE;
-    __m512 acc[IQ1Q_Q8_MR];
-    for (int m = 0; m < mr; ++m) acc[m] = _mm512_setzero_ps();
+    __m512 acc[IQ1Q_Q8_MR][IQ1Q_Q8_NV];
+    for (int m = 0; m < mr; ++m)
+        for (int v = 0; v < IQ1Q_Q8_NV; ++v) acc[m][v] = _mm512_setzero_ps();
     for (int64_t b = 0; b < j->nblk; ++b) {
-        const __m512i start = _mm512_loadu_si512(wsum + b * IQ1Q_Q8_TILE);
-        __m512i dot[IQ1Q_Q8_MR];
-        for (int m = 0; m < mr; ++m) dot[m] = start;
+        __m512i dot[IQ1Q_Q8_MR][IQ1Q_Q8_NV];
+        for (int v = 0; v < IQ1Q_Q8_NV; ++v) {
+            const __m512i start = _mm512_loadu_si512(wsum + b * IQ1Q_Q8_TILE + 16 * v);
+            for (int m = 0; m < mr; ++m) dot[m][v] = start;
+        }
         const uint8_t *wq = tile + (size_t)b * IQ1Q_Q8_TILE * IQ1Q_BLOCK_Q8_0;
         for (int q = 0; q < IQ1Q_BLOCK_Q8_0 / 4; ++q) {
-            const __m512i w = _mm512_loadu_si512(wq + q * IQ1Q_Q8_TILE * 4);
+            __m512i w[IQ1Q_Q8_NV];
+            for (int v = 0; v < IQ1Q_Q8_NV; ++v) w[v] = _mm512_loadu_si512(wq + (q * IQ1Q_Q8_TILE + 16 * v) * 4);
             for (int m = 0; m < mr; ++m) {
                 int32_t x4;
                 memcpy(&x4, j->au + (size_t)(m0 + m) * j->K + b * IQ1Q_BLOCK_Q8_0 + 4 * q, 4);
-                dot[m] = _mm512_dpbusd_epi32(dot[m], _mm512_set1_epi32(x4), w);
+                const __m512i x = _mm512_set1_epi32(x4); /* one broadcast for NV products */
+                for (int v = 0; v < IQ1Q_Q8_NV; ++v) dot[m][v] = _mm512_dpbusd_epi32(dot[m][v], x, w[v]);
             }
         }
-        const __m512 ws = _mm512_loadu_ps(wsc + b * IQ1Q_Q8_TILE);
-        for (int m = 0; m < mr; ++m) {
-            const __m512 s = _mm512_mul_ps(ws, _mm512_set1_ps(j->ascale[(m0 + m) * j->nblk + b]));
-            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), s, acc[m]);
+        for (int v = 0; v < IQ1Q_Q8_NV; ++v) {
+            const __m512 ws = _mm512_loadu_ps(wsc + b * IQ1Q_Q8_TILE + 16 * v);
+            for (int m = 0; m < mr; ++m) {
+                const __m512 s = _mm512_mul_ps(ws, _mm512_set1_ps(j->ascale[(m0 + m) * j->nblk + b]));
+                acc[m][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m][v]), s, acc[m][v]);
+            }
         }
     }
-    const int64_t n0 = t * IQ1Q_Q8_TILE;
-    const __mmask16 keep = j->N - n0 >= IQ1Q_Q8_TILE ? (__mmask16)0xffff : (__mmask16)((1u << (j->N - n0)) - 1);
-    for (int m = 0; m < mr; ++m) _mm512_mask_storeu_ps(j->y + (size_t)(m0 + m) * j->N + n0, keep, acc[m]);
+    for (int v = 0; v < IQ1Q_Q8_NV; ++v) {
+        const int64_t n0 = t * IQ1Q_Q8_TILE + 16 * v;
+        if (n0 >= j->N) break;
+        const __mmask16 keep = j->N - n0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (j->N - n0)) - 1);
+        for (int m = 0; m < mr; ++m) _mm512_mask_storeu_ps(j->y + (size_t)(m0 + m) * j->N + n0, keep, acc[m][v]);
+    }
 }
 
 static void iq1q_q8_task(void *ctx, int64_t t) {
@@ -130,10 +144,6 @@ static void iq1q_q8_task(void *ctx, int64_t t) {
     int64_t m0 = 0;
     for (; m0 + IQ1Q_Q8_MR <= j->M; m0 += IQ1Q_Q8_MR) iq1q_q8_pass(j, t, m0, IQ1Q_Q8_MR);
     switch (j->M - m0) { /* the last rows, each count its own unrolled pass */
-    case 7: iq1q_q8_pass(j, t, m0, 7); break;
-    case 6: iq1q_q8_pass(j, t, m0, 6); break;
-    case 5: iq1q_q8_pass(j, t, m0, 5); break;
-    case 4: iq1q_q8_pass(j, t, m0, 4); break;
     case 3: iq1q_q8_pass(j, t, m0, 3); break;
     case 2: iq1q_q8_pass(j, t, m0, 2); break;
     case 1: iq1q_q8_pass(j, t, m0, 1); break;

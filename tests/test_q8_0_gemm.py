@@ -34,7 +34,7 @@ def oracle(w, a, N, M, K):
 
 
 @pytest.mark.parametrize("mod", MODULES, ids=lambda m: m.__name__)
-@pytest.mark.parametrize("N,K,M", [(1, 32, 1), (16, 64, 8), (37, 96, 13), (100, 640, 7), (33, 256, 17)])
+@pytest.mark.parametrize("N,K,M", [(1, 32, 1), (16, 64, 8), (37, 96, 13), (100, 640, 7), (33, 256, 17), (50, 64, 6)])
 def test_q8_0_product_is_the_exact_block_sum(mod, rng, N, K, M):
     w, a = q8_0_rows(rng, N, K), q8_0_rows(rng, M, K, scale=30.0)
     want = oracle(w, a, N, M, K)

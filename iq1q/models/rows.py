@@ -8,7 +8,7 @@ slice of rows after another (SLICE_ROWS, a few MiB of floats).
 
 Products x @ M.T go a piece of rows at a time (RowMatrix.product). Q8_0 rows are multiplied
 as ggml multiplies them, x quantized to q8_0: in their own bytes by the backend that serves
-Q8_0 (iq1q.registry.stored_product; AVX-512 VNNI: 3x numpy's float32 product on one Zen 4
+Q8_0 (iq1q.registry.stored_product; AVX-512 VNNI: 3.8x numpy's float32 product on one Zen 4
 core), else dequantized. Every other type is dequantized a piece at a time and numpy
 multiplies: Q8_0 natively (q8_0's bytes are the same as weights or as activations,
 docs/spec.md §4.1), F32 and F16 by numpy, the rest by the gguf package.
