@@ -51,6 +51,14 @@ def _writer(path: Path, arch: str, n_layer: int, n_ff: int, n_head: int, n_kv: i
     return w
 
 
+def _embeddings(w, tied: bool) -> dict[str, tuple[int, ...]]:
+    """The file type and vocabulary keys, and the shapes of the tensors outside the blocks."""
+    w.add_file_type(0)
+    _vocab(w)
+    shapes = {"token_embd.weight": (N_VOCAB, N_EMBD), "output_norm.weight": (N_EMBD,)}
+    return shapes if tied else shapes | {"output.weight": (N_VOCAB, N_EMBD)}
+
+
 def _finish(w, shapes: dict[str, tuple[int, ...]], scale: float,
             fixed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """fixed: tensors whose values are given rather than hashed."""
@@ -68,10 +76,7 @@ def tiny_llama(path: Path, n_layer: int = 2) -> dict[str, np.ndarray]:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(head)
     w.add_rope_freq_base(500.0)
-    w.add_file_type(0)
-    _vocab(w)
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (N_VOCAB, N_EMBD), "output_norm.weight": (N_EMBD,),
-                                          "output.weight": (N_VOCAB, N_EMBD)}
+    shapes = _embeddings(w, tied=False)
     for b in range(n_layer):
         p = f"blk.{b}."
         shapes |= {p + "attn_norm.weight": (N_EMBD,), p + "attn_q.weight": (n_head * head, N_EMBD),
@@ -93,10 +98,8 @@ def tiny_gemma3(path: Path, n_layer: int = 6) -> dict[str, np.ndarray]:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(1e6)
     w.add_sliding_window(5)
-    w.add_file_type(0)
-    _vocab(w)
+    shapes = _embeddings(w, tied=True)
     w.add_add_space_prefix(False)
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (N_VOCAB, N_EMBD), "output_norm.weight": (N_EMBD,)}
     for b in range(n_layer):
         p = f"blk.{b}."
         shapes |= {p + "attn_norm.weight": (N_EMBD,), p + "attn_q.weight": (n_head * head, N_EMBD),
@@ -142,11 +145,7 @@ def _qwen3(path: Path, arch: str, n_layer: int, n_head: int, n_kv: int, head: in
         _yarn_keys(w, arch, 4.0, 64)
     if n_expert:
         _moe_keys(w, arch, n_expert, n_used, n_ff)
-    w.add_file_type(0)
-    _vocab(w)
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (N_VOCAB, N_EMBD), "output_norm.weight": (N_EMBD,)}
-    if not tied:
-        shapes["output.weight"] = (N_VOCAB, N_EMBD)
+    shapes = _embeddings(w, tied)
     for b in range(n_layer):
         p = f"blk.{b}."
         shapes |= {p + "attn_norm.weight": (N_EMBD,), p + "attn_q.weight": (n_head * head, N_EMBD),
@@ -191,10 +190,7 @@ def _deepseek2(path: Path, n_layer: int, n_dense: int, n_head: int, q_lora: int,
     if yarn:
         _yarn_keys(w, arch, 4.0, 64)
         w.add_float32(f"{arch}.rope.scaling.yarn_log_multiplier", 0.1)
-    w.add_file_type(0)
-    _vocab(w)
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (N_VOCAB, N_EMBD), "output_norm.weight": (N_EMBD,),
-                                          "output.weight": (N_VOCAB, N_EMBD)}
+    shapes = _embeddings(w, tied=False)
     for b in range(n_layer):
         p = f"blk.{b}."
         shapes[p + "attn_norm.weight"] = (N_EMBD,)
