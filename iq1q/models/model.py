@@ -7,8 +7,10 @@ attention: iq1q.models.mla).
     m.forward(ids, hook=lambda name, x: ...)      # sees every linear layer's input (T, K)
 
 Every 2-D linear layer whose weight is an IQ1 tensor is an `iq1q.matmul` with the chosen
-activation format; every other weight is dequantized to float32 once and multiplied by
-numpy. The hyper-parameters come from the GGUF metadata (`{arch}.*` keys, as llama.cpp
+activation format. Block weights of other types are float32 arrays; the token embedding and
+an output head of another type stay in the file's bytes (iq1q.models.rows: a Q8_0 head is
+multiplied as ggml does, its input quantized to q8_0). The float work is split over the
+run's threads (iq1q.models.parallel). The hyper-parameters come from the GGUF metadata (`{arch}.*` keys, as llama.cpp
 reads them); what llama.cpp fixes per architecture instead of reading it (Gemma 3's
 5-local-1-global layer pattern and its local RoPE base, the embedding scale, the GELU MLP,
 the extra norms, Qwen3-MoE's routing) is in ARCHITECTURES, the one place for such facts.

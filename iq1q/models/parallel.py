@@ -14,6 +14,7 @@ BLAS workers and 0.26 s without them).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -29,6 +30,17 @@ _controller: Any = None      # threadpoolctl's controller, found once (a fresh l
 _executors: dict[int, ThreadPoolExecutor] = {}
 _lock = Lock()
 _inside = local()  # set in a pmap worker: a nested pmap runs serially (no deadlock)
+
+
+def _forget_executors() -> None:
+    """In a forked child: the executors' threads are not there, so they would wait forever."""
+    global _lock
+    _executors.clear()
+    _lock = Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executors)
 
 
 def _blas_limit(threads: int):
