@@ -9,10 +9,24 @@ iq1q.hessian), and the quantized weights replace the float ones before the next 
 inputs are collected. Only one block's Hessians exist at a time; the quantized bytes go to
 a temporary file beside the output, which `iq1q quantize` then writes in file order.
 
-A layer with no token (none in a dense model; an expert no token was routed to) is
-quantized as without --calibration. Mixture-of-experts models: the runner does not
-support them yet; the collection is keyed by tensor, so experts would each get the
-Hessian of their own tokens.
+Mixture-of-experts blocks (`qwen3moe`, `deepseek2`, iq1q.models.moe): the router
+(ffn_gate_inp) stays float, as the runner keeps it, so each chunk is routed once, from the
+inputs the quantized attention gives. Shared experts (ffn_*_shexp) are a dense MLP over every
+token (gate/up, then down). Then expert by expert: its gate and up with the Hessian of the
+rows routed to it, its down with the Hessian of its hidden states computed with the quantized
+gate/up. One expert's two Hessians (n_embd^2 and n_ff^2 float64) exist at a time, beside the
+attention's. An expert no token reached is quantized as without --calibration (by `iq1q
+quantize`'s plain pass; no later input of the calibration depends on it).
+
+Multi-head latent attention (`deepseek2`, iq1q.models.mla), in call order: attn_q or attn_q_a,
+and attn_kv_a_mqa, with the normed input's Hessian; then attn_q_b and attn_kv_b, each with
+its own inputs as the quantized first step gives them (in llama.cpp's split layout: attn_q_b,
+then each head of attn_k_b, then each head of attn_v_b, every head with its own Hessian: the
+v_b step holds n_head kv_lora_rank^2 float64); then attn_output. Each of these later steps
+runs the block's attention once over the chunks with a hook collecting the Hessians.
+
+Calibrated bytes are kept per matrix: a 2-D tensor by name, matrix i of a 3-D one (an expert,
+an MLA head) as moe.matrix_name(tensor, i).
 """
 
 from __future__ import annotations
