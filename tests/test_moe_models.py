@@ -87,34 +87,10 @@ def test_llama_compatible_perplexity_within_1_percent_of_ik(built, name, kind):
     assert r["runs"][-1]["ppl"] == pytest.approx(IK_PPL[name][kind], rel=0.01)
 
 
-def _mainline_mla(src: Path, dst: Path) -> None:
-    """The same deepseek2 model in llama.cpp's newer layout: attn_kv_b split per head into
-    attn_k_b (kv_lora_rank x nope, transposed) and attn_v_b (v x kv_lora_rank), one KV head,
-    the head sizes under key_length_mla / value_length_mla."""
-    f = gguf_io.read(src)
-    md = dict(f.metadata)
-    H, nope, rope, v = 4, 32, 32, 32
-    kv = int(md["deepseek2.attention.kv_lora_rank"])
-    md |= {"deepseek2.attention.head_count_kv": np.uint32(1),
-           "deepseek2.attention.key_length": np.uint32(kv + rope), "deepseek2.attention.value_length": np.uint32(kv),
-           "deepseek2.attention.key_length_mla": np.uint32(nope + rope),
-           "deepseek2.attention.value_length_mla": np.uint32(v)}
-    tensors = {}
-    for n in f.raw:
-        t = np.asarray(f.tensors[n])
-        if n.endswith("attn_kv_b.weight"):
-            per_head = t.reshape(H, nope + v, kv)
-            tensors[n.replace("kv_b", "k_b")] = np.ascontiguousarray(per_head[:, :nope].transpose(0, 2, 1))
-            tensors[n.replace("kv_b", "v_b")] = np.ascontiguousarray(per_head[:, nope:])
-        else:
-            tensors[n] = t
-    gguf_io.write(dst, tensors, md)
-
-
 def test_split_attn_k_b_v_b_match_ik_llama_cpp(built, tmp_path):
     """The absorbed computation over per-head attn_k_b / attn_v_b gives ik's logits for the
     attn_kv_b file; the hook sees every head's matrix by name."""
-    _mainline_mla(built["deepseek2"], tmp_path / "split.gguf")
+    tiny_models.split_mla(built["deepseek2"], tmp_path / "split.gguf")
     m = load(tmp_path / "split.gguf", threads=1)
     assert m.config.head_dim == 64 and m.config.value_dim == 32 and m.layers[0].mla.k_b is not None
     seen = set()

@@ -234,6 +234,32 @@ def tiny_deepseek2_lite(path: Path) -> dict[str, np.ndarray]:
                       yarn=True)
 
 
+def split_mla(src: Path, dst: Path) -> None:
+    """The same deepseek2 model in llama.cpp's newer layout: attn_kv_b split per head into
+    attn_k_b (kv_lora_rank x nope, transposed) and attn_v_b (v x kv_lora_rank), one KV head,
+    the head sizes under key_length_mla / value_length_mla (tiny_deepseek2's sizes)."""
+    from iq1q import gguf_io
+
+    f = gguf_io.read(src)
+    md = dict(f.metadata)
+    H, nope, rope, v = 4, 32, 32, 32
+    kv = int(md["deepseek2.attention.kv_lora_rank"])
+    md |= {"deepseek2.attention.head_count_kv": np.uint32(1),
+           "deepseek2.attention.key_length": np.uint32(kv + rope), "deepseek2.attention.value_length": np.uint32(kv),
+           "deepseek2.attention.key_length_mla": np.uint32(nope + rope),
+           "deepseek2.attention.value_length_mla": np.uint32(v)}
+    tensors = {}
+    for n in f.raw:
+        t = np.asarray(f.tensors[n])
+        if n.endswith("attn_kv_b.weight"):
+            per_head = t.reshape(H, nope + v, kv)
+            tensors[n.replace("kv_b", "k_b")] = np.ascontiguousarray(per_head[:, :nope].transpose(0, 2, 1))
+            tensors[n.replace("kv_b", "v_b")] = np.ascontiguousarray(per_head[:, nope:])
+        else:
+            tensors[n] = t
+    gguf_io.write(dst, tensors, md)
+
+
 # the text of the perplexity and imatrix fixtures: words the tiny vocabulary merges, a few bytes
 PPL_TEXT = " ".join(f"w{(i * i + 3 * i) % 10}" + ("\u00e9" if i % 11 == 0 else "") for i in range(200))
 PPL_CTX = 64

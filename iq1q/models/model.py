@@ -294,6 +294,17 @@ class _Layer:
         self.lin, self.norms = lin, norms
         self.mla, self.moe = mla, moe  # latent attention's per-head and the experts' layers
 
+    def holders(self) -> list[dict[str, Linear] | list[Linear]]:
+        """The dicts and lists that hold the layer's Linear layers (MLA's lin is self.lin)."""
+        out: list = [self.lin]
+        if self.mla is not None and self.mla.k_b is not None:
+            out += [self.mla.k_b, self.mla.v_b]
+        if self.moe is not None:
+            out += [self.moe.experts[k] for k in ("gate", "up", "down")]
+            if self.moe.shared is not None:
+                out.append(self.moe.shared)
+        return out
+
     def linears(self) -> list[Linear]:
         """The layer's Linear layers: attention's first, the experts' among the MLP's."""
         out = list(self.lin.values())
@@ -464,16 +475,20 @@ class Model:
             self.layers.append(_Layer(lin, norms, mla, moe))
 
     def set_weight(self, name: str, weight: QuantizedTensor | np.ndarray) -> None:
-        """Replace a block linear layer's weight (same shape) by tensor name, e.g. with its
-        quantized version."""
+        """Replace a block linear layer's weight (same shape) by its name, e.g. with its
+        quantized version: a tensor's name, or matrix_name(tensor, i) for an expert or an
+        MLA head of a 3-D tensor."""
         for layer in self.layers:
-            for key, lin in layer.lin.items():
-                if lin.name == name:
+            for holder in layer.holders():
+                for key in (list(holder) if isinstance(holder, dict) else range(len(holder))):
+                    lin = holder[key]
+                    if lin.name != name:
+                        continue
                     if tuple(weight.shape) != lin.shape:
                         raise ValueError(f"{name}: shape {tuple(weight.shape)} differs from {lin.shape}")
                     if not isinstance(weight, QuantizedTensor):
                         weight = np.ascontiguousarray(weight, dtype=np.float32)
-                    layer.lin[key] = Linear(name, weight)
+                    holder[key] = Linear(name, weight)
                     return
         raise KeyError(f"no block linear layer {name!r}")
 

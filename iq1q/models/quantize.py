@@ -38,6 +38,7 @@ from ..hessian import HessianOptions
 from .calibrate import Calibration, calibrate
 from .imatrix import Imatrix
 from .imatrix import load as load_imatrix
+from .moe import matrix_name
 from ..report import table
 from ..tensors import QuantizedTensor, quantize
 from ..threads import num_threads
@@ -237,7 +238,9 @@ class _Item:
 
 
 def _items(plans: Sequence[TensorPlan], calibrated: Mapping[str, np.ndarray]):
-    """Work items in file order: row chunks of quantized tensors, byte chunks of copies."""
+    """Work items in file order: row chunks of quantized tensors, byte chunks of copies.
+    calibrated: bytes quantized with a Hessian, by matrix (a 2-D tensor's name, or
+    matrix_name(tensor, i) for matrix i of a 3-D one)."""
     for p in plans:
         src = p.src
         if not p.quantized:
@@ -247,15 +250,16 @@ def _items(plans: Sequence[TensorPlan], calibrated: Mapping[str, np.ndarray]):
             continue
         k, rows = src.shape[-1], src.shape[-2]
         step = max(4, CHUNK_WEIGHTS // k // 4 * 4)  # whole 4-row groups
-        for e in range(math.prod(src.shape[:-2])):
+        n_mat = math.prod(src.shape[:-2])
+        out_row = p.spec.nbytes // (rows * n_mat)
+        for e in range(n_mat):
             im = None if p.imatrix is None else p.imatrix[e * k:(e + 1) * k]
-            done = calibrated.get(p.name)
-            out_row = p.spec.nbytes // (rows * math.prod(src.shape[:-2])) if done is not None else 0
+            # calibrated bytes are kept per matrix: an expert no token reached has none
+            done = calibrated.get(p.name if len(src.shape) == 2 else matrix_name(p.name, e))
             for r in range(0, rows, step):
                 n = min(step, rows - r)
-                row0 = e * rows + r
-                yield _Item(p, n * src.row_bytes, row0=row0, rows=n, imatrix=im,
-                            calibrated=None if done is None else done[row0 * out_row:(row0 + n) * out_row])
+                yield _Item(p, n * src.row_bytes, row0=e * rows + r, rows=n, imatrix=im,
+                            calibrated=None if done is None else done[r * out_row:(r + n) * out_row])
 
 
 def _to_float(raw: RawTensor, buf: np.ndarray, rows: int) -> np.ndarray:
