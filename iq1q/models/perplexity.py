@@ -76,15 +76,17 @@ def _nll(model: Model, hidden: np.ndarray, targets: np.ndarray, hook) -> np.ndar
     picked = np.empty(n, np.float64)
 
     def reduce(v0: int, v1: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        top = z.max(axis=1)
-        shift = np.where(np.isneginf(top), np.float32(0), top)  # a row of -inf: exp gives 0s, not NaNs
-        # exp in float32 (all terms <= 1, half the time of float64), summed in float64
-        total = np.exp(z - shift[:, None]).sum(axis=1, dtype=np.float64)
         here = (targets >= v0) & (targets < v1)
         picked[here] = z[here, targets[here] - v0]  # slices own disjoint rows of picked
-        return top, total
+        top = z.max(axis=1)
+        shift = np.where(np.isneginf(top), np.float32(0), top)  # a row of -inf: exp gives 0s, not NaNs
+        # in place, in float32 (terms <= 1; the slices' sums are combined in float64); the
+        # sum as a product with ones: a fifth of the time of sum(axis=1) on these shapes
+        np.subtract(z, shift[:, None], out=z)
+        np.exp(z, out=z)
+        return top, z @ np.ones(z.shape[1], np.float32)
 
-    parts = model.logit_map(hidden, reduce, hook)
+    parts = model.logit_map(hidden, reduce, hook)  # reduce may overwrite the logits it is given
     tops = np.stack([p[0] for p in parts]).astype(np.float64)  # (slices, rows)
     top = tops.max(axis=0)
     with np.errstate(invalid="ignore", over="ignore"):  # a slice of -inf logits adds exp(-inf) = 0
