@@ -26,8 +26,8 @@ from ..gemm import quantize_activations
 from ..tensors import QuantizedActivations, QuantizedTensor
 
 # rows dequantized at a time, and a piece of a product that one thread computes: 2.5 MiB
-# of floats at 640 columns, which stay in cache while x meets them (Gemma 3 270M's head:
-# 256 pieces, 0.2 s less a chunk than with 8192)
+# of floats at 640 columns, which stay in cache while x meets them (Gemma 3 270M's float32
+# head on 2 threads: 0.82 s a chunk in 256 pieces, 1.45 s in 32 of 8192 rows)
 SLICE_ROWS = 1024
 
 
