@@ -19,12 +19,9 @@ of an interpreter that only imports what `iq1q quantize` imports.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +30,7 @@ from gguf import GGUFWriter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import ik_build  # noqa: E402  (where benchmarks/ikbench builds ik's tools)
 from gguf_models import write_legacy_imatrix  # noqa: E402  (the tests' model helpers)
+from timing import run_measured  # noqa: E402
 
 from iq1q import gguf_io  # noqa: E402
 from iq1q.models.quantize import parse_target, plan  # noqa: E402
@@ -72,28 +70,10 @@ def random_imatrix(model: Path, out: Path, fmt: str) -> None:
     write_legacy_imatrix(out, entries)
 
 
-# Forks and waits for the command and prints its rusage's peak: a child's ru_maxrss starts
-# at its parent's resident size at fork, so the command must not be forked from this
-# process (which holds the models' arrays) but from a bare interpreter.
-LAUNCHER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(usage.ru_maxrss, file=sys.stderr)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def run(cmd: list[str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB, stdout) of one command."""
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd], capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return wall, int(r.stderr.split()[-1]) * 1024 / MiB, r.stdout
+    wall, peak, out, _ = run_measured(cmd)
+    return wall, peak, out
 
 
 def main() -> None:

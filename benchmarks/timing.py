@@ -6,6 +6,8 @@ import gc
 import itertools
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,3 +94,31 @@ def rotating(items: Sequence[T], fn: Callable[[T], object]) -> Callable[[], obje
     (round robin): with enough copies of the data, each call reads it from DRAM."""
     it = itertools.cycle(items)
     return lambda: fn(next(it))
+
+
+# Forks and waits for the command and prints its rusage's peak: a child's ru_maxrss starts
+# at its parent's resident size at fork, so the command must not be forked from the
+# benchmark's process (which may hold large arrays) but from a bare interpreter.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | os.PathLike | None = None
+                 ) -> tuple[float, float, str, str]:
+    """(wall seconds, peak RSS in MiB, stdout, stderr) of one command, a process of its own;
+    SystemExit with its output when it fails."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env,
+                       cwd=cwd)
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    err, _, peak_kib = r.stderr.rstrip("\n").rpartition("\n")
+    return wall, int(peak_kib) / 1024, r.stdout, err

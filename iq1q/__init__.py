@@ -11,6 +11,7 @@ from . import cpu, plugins
 from .backend import Backend, BackendInfo
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, Format, format_info
 from .gemm import matmul, quantize_activations
+from .hessian import HessianOptions
 from .hazards import Fp16OverflowError, Fp16OverflowWarning, Fp16Report, check_activations
 from .hookspecs import hookimpl
 from .registry import backends, get_backend, kernel_table
@@ -31,7 +32,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "ACTIVATION_FORMATS", "WEIGHT_FORMATS", "Backend", "BackendInfo", "Format",
-    "Fp16OverflowError", "Fp16OverflowWarning", "Fp16Report", "QuantizedActivations",
+    "Fp16OverflowError", "Fp16OverflowWarning", "Fp16Report", "HessianOptions", "QuantizedActivations",
     "QuantizedTensor", "backends", "check_activations", "cpu", "dequantize", "format_info",
     "get_backend", "hookimpl", "kernel_table", "matmul", "plugins", "quantize",
     "quantize_activations",

@@ -20,6 +20,13 @@ ActivationQuantizer = Callable[[np.ndarray, np.ndarray, int], int]
 # packer(format id, ggml bytes, N, K, threads) -> the weights in the backend's own layout, made
 # when the user prepares a tensor and kept with it until released.
 WeightPacker = Callable[[int, np.ndarray, int, int, int], np.ndarray]
+# product(w, a_bytes, y, K, threads): y = X @ W.T as GemmKernel, for W stored in a ggml type
+# other than IQ1 (w its ggml bytes), X quantized to STORED_TYPES[type].
+StoredProduct = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], None]
+
+# ggml types of the other weights a model file carries (a token embedding, an output head)
+# that backends may multiply in their own bytes, and the activation format each one takes
+STORED_TYPES: dict[str, str] = {"Q8_0": "q8_0"}
 
 
 def _always() -> bool:
@@ -34,6 +41,7 @@ class Backend:
     kernels: Mapping[tuple[str, str], GemmKernel] = field(default_factory=dict, repr=False)
     activation_quantizers: Mapping[str, ActivationQuantizer] = field(default_factory=dict, repr=False)
     weight_packers: Mapping[str, WeightPacker] = field(default_factory=dict, repr=False)
+    stored_products: Mapping[str, StoredProduct] = field(default_factory=dict, repr=False)
     priority: int = 0
     is_available: Callable[[], bool] = field(default=_always, repr=False)  # e.g. a CPU feature check
     description: str = ""
@@ -47,6 +55,9 @@ class Backend:
             activation_format(a)
         for w in self.weight_packers:
             weight_format(w)
+        for t in self.stored_products:
+            if t not in STORED_TYPES:
+                raise ValueError(f"stored_products: {t!r} is not one of {', '.join(STORED_TYPES)}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import check_activations, cpu, dequantize, matmul, plugins, quantize, registry
 from .formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, format_info
+from .hessian import HessianOptions
 from .report import table
 
 
@@ -119,9 +120,17 @@ def quantize_gguf(args: argparse.Namespace) -> int:
     sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
     previous = {s: signal.signal(s, terminate) for s in sigs}
     try:
+        calibration = options = None
+        if args.calibration is not None:
+            calibration, _ = _read_text(args.calibration)
+            given = {k: getattr(args, k) for k in ("damping", "passes", "sweeps") if getattr(args, k) is not None}
+            options = HessianOptions(**given)
+        elif args.ctx != 512 or any(v is not None for v in (args.chunks, args.damping, args.passes, args.sweeps)):
+            raise ValueError("--ctx, --chunks, --damping, --passes and --sweeps need --calibration")
         summary = quantize_model(args.input, args.output, args.type, imatrix=args.imatrix,
                                  tensor_types=args.tensor_type, threads=args.threads,
-                                 progress=args.progress)
+                                 progress=args.progress, calibration=calibration, ctx=args.ctx,
+                                 chunks=args.chunks, hessian_options=options)
     except KeyboardInterrupt:
         print(f"iq1q: interrupted; {args.output} was not written", file=sys.stderr)
         return 130
@@ -221,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensor-type", metavar="REGEX=TYPE", action="append", default=[],
                    help="type for tensors whose name matches REGEX (first match wins): an IQ1 type, "
                         "keep, or a type the gguf package writes (q8_0, f16, ...); repeatable")
+    g = p.add_argument_group("calibration", "quantize each block matrix with the Hessian of its inputs on a text "
+                             "(GPTQ's sequential order; docs/quantizer.md)")
+    g.add_argument("--calibration", metavar="TEXT", help="UTF-8 calibration text (better not the evaluation text)")
+    g.add_argument("--ctx", type=int, default=512, help="tokens per calibration chunk (default 512)")
+    g.add_argument("--chunks", type=int, default=None, help="use at most this many chunks of the text")
+    g.add_argument("--damping", type=float, default=None,
+                   help=f"added to the Hessian's diagonal, times its mean (default {HessianOptions.damping})")
+    g.add_argument("--passes", type=int, default=None, help=f"GPTQ passes (default {HessianOptions.passes})")
+    g.add_argument("--sweeps", type=int, default=None,
+                   help=f"coordinate-descent sweeps after each pass (default {HessianOptions.sweeps})")
     _threads_and_progress(p)
     p.set_defaults(func=quantize_gguf)
     p = sub.add_parser("perplexity", help="perplexity of a GGUF model, float and per (weight, activation) pair",

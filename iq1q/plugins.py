@@ -124,7 +124,6 @@ def load_entry_points() -> None:
                       f"(or declares no {ENTRY_POINT_GROUP!r} entry point)", stacklevel=2)
 
 
-
 def origin(plugin: object) -> str:
     """Where a plugin comes from: "builtin", "<distribution> <version>", or
     "runtime" for one registered by code (pm.register)."""

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from . import plugins
-from .backend import ALL_PAIRS, ActivationQuantizer, BackendInfo, GemmKernel, WeightPacker
+from .backend import ALL_PAIRS, STORED_TYPES, ActivationQuantizer, BackendInfo, GemmKernel, StoredProduct, WeightPacker
 from .formats import Format, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
@@ -114,6 +114,19 @@ def activation_quantizer(fmt: str | Format, backend: str | None = None) -> tuple
         else:
             raise LookupError(f"no available backend quantizes activations to {name}")
     return found
+
+
+def stored_product(ggml_type: str, backend: str | None = None) -> tuple[str, StoredProduct] | None:
+    """(serving backend's name, product) for weights stored as ggml_type (a key of
+    STORED_TYPES), or None when no available backend multiplies them: the caller then
+    dequantizes them to float."""
+    if ggml_type not in STORED_TYPES:
+        raise ValueError(f"unknown stored type {ggml_type!r}; known: {', '.join(STORED_TYPES)}")
+    key = _cache_key(backend, "stored", ggml_type)
+    if key not in _routes:
+        _routes[key] = next(((b.name, b.backend.stored_products[ggml_type]) for b in _search_order(backend)
+                             if ggml_type in b.backend.stored_products), None)
+    return _routes[key]
 
 
 def kernel_table(backend: str | None = None) -> dict[tuple[str, str], str]:

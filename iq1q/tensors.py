@@ -7,6 +7,8 @@ import numpy as np
 from . import _ref, registry
 from .arrays import as_float32, require_finite
 from .formats import Format, activation_format, auto_activation, weight_format
+from .hessian import HessianOptions, HessianResult, run
+from .hessian import prepare as prepare_hessian
 from .threads import num_threads
 
 
@@ -172,9 +174,9 @@ class QuantizedActivations(_Quantized):
         rows, n = check_shape(f, (1,) + shape if len(shape) == 1 else shape)
         return cls(f, rows, n, _as_bytes(buf, f, rows, n), vector=len(shape) == 1)
 
-    def dequantize(self) -> np.ndarray:
+    def dequantize(self, threads: int | None = None) -> np.ndarray:
         """d * q as float32, in the shape of the original activations."""
-        out = self._dequantize(None)
+        out = self._dequantize(threads)
         return out[0] if self._vector else out
 
     def __repr__(self) -> str:
@@ -187,12 +189,38 @@ class QuantizedActivations(_Quantized):
 MAX_WEIGHT = float(np.finfo(np.float16).max) * 15 * 1.125
 
 
-def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> QuantizedTensor:
+def quantize(w, fmt: str, imatrix=None, threads: int | None = None, *, hessian=None,
+             options: HessianOptions | None = None) -> QuantizedTensor:
     """Quantize a (N, K) float matrix to an IQ1 weight format, byte-exact with ik_llama.cpp.
 
     imatrix: optional importance per column (length K, finite, >= 0), as
     llama-imatrix computes it.
+    hessian: optional K x K Hessian of the layer's inputs (sum of x x' over calibration
+    inputs x). With it, the same format's bytes are chosen to minimise the output error
+    tr((W - Q) H (W - Q)') rather than ik_llama.cpp's per-block error (iq1q.hessian,
+    docs/quantizer.md), starting from the plain quantizer's result with imatrix (or diag(H)
+    when imatrix is None). options: an iq1q.HessianOptions (damping, passes, ...).
     """
+    if hessian is None:
+        if options is not None:
+            raise ValueError("options apply to quantizing with a hessian; pass hessian=... too")
+        return _quantize(w, fmt, imatrix, threads, None, None)[0]
+    return quantize_with_hessian(w, fmt, hessian, imatrix, threads, options)[0]
+
+
+def quantize_with_hessian(w, fmt: str, hessian, imatrix=None, threads: int | None = None,
+                          options: HessianOptions | None = None) -> tuple[QuantizedTensor, HessianResult]:
+    """quantize(w, fmt, imatrix, threads, hessian=hessian, options=options) and, per row, the
+    output error of the plain quantizer's bytes and of the bytes returned."""
+    if options is None:
+        options = HessianOptions()
+    elif not isinstance(options, HessianOptions):
+        raise TypeError(f"options must be an iq1q.HessianOptions, got {type(options).__name__}")
+    return _quantize(w, fmt, imatrix, threads, hessian, options)
+
+
+def _quantize(w, fmt: str, imatrix, threads: int | None, hessian,
+              options: HessianOptions | None) -> tuple[QuantizedTensor, HessianResult | None]:
     f = weight_format(fmt)
     x = as_float32(w, "weights", (2,))
     rows, n = check_shape(f, x.shape)
@@ -208,13 +236,19 @@ def quantize(w, fmt: str, imatrix=None, threads: int | None = None) -> Quantized
         require_finite(im, "imatrix")
         if (im < 0).any():
             raise ValueError(f"imatrix must be non-negative (first negative at {int(np.argmax(im < 0))})")
+    prep = None
+    if hessian is not None:  # checked before any work
+        prep = prepare_hessian(hessian, n, f, options)
+        if im is None:
+            im = prep.diag
     out = np.empty(rows * f.row_size(n), dtype=np.uint8)
     _ref.quantize_weights(f.id, x, out, im, num_threads(threads))
+    result = None if prep is None else run(x, out, f, prep, options, num_threads(threads))
     t = QuantizedTensor(f, rows, n, out)
     if (bad := _bad_scale_rows(t)).size:  # a block scale past fp16's 65504: not a usable tensor
         raise ValueError(f"weights up to {float(np.abs(x[bad]).max()):.3g} in row {bad[0]} overflow "
                          f"{f.name}'s fp16 scales ({bad.size} row(s)); scale the matrix down first")
-    return t
+    return t, result
 
 
 def dequantize(t: QuantizedTensor | QuantizedActivations) -> np.ndarray:

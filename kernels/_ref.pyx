@@ -7,6 +7,8 @@ before a pointer is used, then releases the GIL for the native work.
 
 include "shell.pxi"
 
+from libc.stdint cimport int8_t, int32_t
+
 cdef extern from "ref.h" nogil:
     int iq1q_ref_quantize_init()
     const iq1q_weight_quantize_fn iq1q_ref_weight_quantizers[]
@@ -24,8 +26,41 @@ cdef extern from "ref.h" nogil:
     void iq1q_ref_fp16_hazards(const float *x, int64_t nrows, int64_t n, int with_sum,
                                iq1q_fp16_report *rep)
 
+    ctypedef struct iq1q_gptq_problem:
+        int fmt
+        int64_t K
+        const float *H
+        const float *U
+        const int32_t *perm
+        const float *T
+        const float *A
+        const float *QA
+        const float *QH
+        const float *imp
+        int passes, sweeps, ncand
+    int iq1q_gptq_init()
+    const float iq1q_gq_G[2048][8]
+    int iq1q_gptq_rows(const iq1q_gptq_problem *P, const float *x, uint8_t *y, int64_t r0, int64_t r1,
+                       double *cost)
+
 if iq1q_ref_quantize_init() != 0:
     raise MemoryError("iq1q: could not build the IQ1 grid neighbour lists")
+cdef bint _gptq_ready = False  # ref_gptq.h's tables, built on first use
+
+
+def grid_values(int8_t[:, ::1] out):
+    """The IQ1 grid (docs/spec.md §3) into out (2048 x 8): values in {-1, 0, 1}."""
+    if out.shape[0] != 2048 or out.shape[1] != 8:
+        raise ValueError("out must be 2048 x 8")
+    global _gptq_ready
+    if not _gptq_ready:
+        if iq1q_gptq_init() != 0:
+            raise MemoryError("iq1q: could not build the grid's neighbourhood lists")
+        _gptq_ready = True
+    cdef int k, j
+    for k in range(2048):
+        for j in range(8):
+            out[k, j] = <int8_t>iq1q_gq_G[k][j]
 
 
 def format_table():
@@ -181,3 +216,70 @@ def fp16_hazards(const float[:, ::1] x, bint with_sum):
                               with_sum, &rep)
     return (rep.overflow_blocks, rep.underflow_blocks, _site(rep.first), _site(rep.first_overflow),
             rep.nonfinite_row)
+
+
+ctypedef struct _gptq_job:
+    iq1q_gptq_problem P
+    const float *x
+    uint8_t *y
+    double *cost
+    int64_t nrows, rows_per_task
+    int failed
+
+
+cdef void _gptq_task(void *ctx, int64_t t) noexcept nogil:
+    cdef _gptq_job *j = <_gptq_job *>ctx
+    cdef int64_t r0 = t * j.rows_per_task
+    if iq1q_gptq_rows(&j.P, j.x, j.y, r0, min(r0 + j.rows_per_task, j.nrows), j.cost) != 0:
+        j.failed = 1
+
+
+def quantize_gptq(int fmt, const float[:, ::1] x, uint8_t[::1] out, const float[:, ::1] H,
+                  const float[:, ::1] U, const int32_t[::1] perm, const float[:, :, ::1] T,
+                  const float[:, :, ::1] A, const float[:, :, ::1] QA, const float[:, :, ::1] QH,
+                  const float[::1] imp, double[:, ::1] cost, int passes, int sweeps, int ncand,
+                  int threads):
+    """Rewrite out (the plain quantizer's bytes of x) to lower (x - q)' H (x - q) row by row
+    (kernels/ref_gptq.h; the arrays derived from H are iq1q/hessian.py's). cost[row] gets
+    (objective of out as given, objective of out as written)."""
+    cdef int64_t n = x.shape[1], nrows = x.shape[0], g = n // 8
+    _check_rows(fmt, nrows, n, out.shape[0], 0, nrows, True)
+    _check_threads(threads)
+    if n % 32:
+        raise ValueError(f"row length {n} is not a multiple of 32")
+    if H.shape[0] != n or H.shape[1] != n or U.shape[0] != n or U.shape[1] != n or perm.shape[0] != n:
+        raise ValueError(f"H, U and perm must be {n} x {n}, {n} x {n} and {n} long")
+    if T.shape[0] != g or A.shape[0] != g or T.shape[1] != 8 or T.shape[2] != 8 or A.shape[1] != 8 \
+            or A.shape[2] != 8:
+        raise ValueError(f"T and A must be {g} x 8 x 8")
+    if QA.shape[0] != g or QH.shape[0] != g or QA.shape[1] != 2 or QH.shape[1] != 2 \
+            or QA.shape[2] != 2048 or QH.shape[2] != 2048:
+        raise ValueError(f"QA and QH must be {g} x 2 x 2048")
+    if imp.shape[0] != n or cost.shape[0] != nrows or cost.shape[1] != 2:
+        raise ValueError(f"imp must be {n} long and cost {nrows} x 2")
+    if passes < 0 or sweeps < 0:
+        raise ValueError("passes and sweeps must be non-negative")
+    cdef int64_t i, c
+    for i in range(n):  # a permutation of whole 8-column groups, as the C code indexes
+        if perm[i] < 0 or perm[i] >= n or (i % 8 and perm[i] != perm[i - 1] + 1):
+            raise ValueError("perm is not a permutation of whole groups of columns")
+    global _gptq_ready
+    if not _gptq_ready:  # its tables on first use, not at import (the GIL orders callers)
+        if iq1q_gptq_init() != 0:
+            raise MemoryError("iq1q: could not build the grid's neighbourhood lists")
+        _gptq_ready = True
+    if nrows == 0:
+        return
+    cdef _gptq_job j
+    j.P.fmt, j.P.K, j.P.H, j.P.U, j.P.perm = fmt, n, &H[0, 0], &U[0, 0], &perm[0]
+    j.P.T, j.P.A, j.P.QA, j.P.QH, j.P.imp = &T[0, 0, 0], &A[0, 0, 0], &QA[0, 0, 0], &QH[0, 0, 0], &imp[0]
+    j.P.passes, j.P.sweeps, j.P.ncand = passes, sweeps, ncand
+    j.x, j.y, j.cost, j.nrows, j.failed = &x[0, 0], &out[0], &cost[0, 0], nrows, 0
+    cdef int64_t group = iq1q_format_infos[fmt].rows_per_group
+    # a few tasks per thread, whole row groups: the rows cost about the same
+    cdef int64_t ntasks = _ntasks(nrows // group, threads, 1)
+    j.rows_per_task = group * ((nrows // group + ntasks - 1) // ntasks)
+    with nogil:
+        pool_run(_gptq_task, &j, (nrows + j.rows_per_task - 1) // j.rows_per_task, threads)
+    if j.failed:
+        raise MemoryError("iq1q: out of memory in the Hessian-aware quantizer")

@@ -13,6 +13,15 @@
  * busy core; each task computes its own fixed rows, so results never depend
  * on the thread count or on which thread ran what.
  *
+ * The caller waits for the job's tasks, never for the workers: a worker that
+ * sleeps, or that the OS has not scheduled yet, finds the work done when it
+ * wakes and goes back to waiting. (Waiting for every worker to acknowledge each
+ * job cost ~1 ms a call on a busy 2-core machine, more than the job itself.)
+ * So that a late worker cannot take a task of a later job by mistake, a task is
+ * claimed with one compare-and-swap on a ticket holding the job's number and
+ * the next task's index: the swap succeeds only while that job still has
+ * unclaimed tasks, and until then its owner does not post another.
+ *
  * Concurrent callers: one job owns the pool at a time; a caller that finds it
  * busy (another Python thread, or a task calling back in) runs its tasks
  * itself, serially. fork(): the child starts with an empty pool, rebuilt on
@@ -48,20 +57,25 @@ enum { IQ1Q_POOL_MAX_WORKERS = 255 };
 /* how long an idle worker spins before it sleeps (nanoseconds) */
 #define IQ1Q_POOL_SPIN_NS 200000
 
+/* the ticket: job number in the high 32 bits, next task index in the low 32 */
+#define IQ1Q_POOL_JOB(ticket) ((uint32_t)((ticket) >> 32))
+#define IQ1Q_POOL_TASK(ticket) ((int64_t)((ticket) & 0xffffffffu))
+
 static struct {
     pthread_mutex_t owner; /* held by the caller whose job runs */
-    pthread_mutex_t lock;  /* guards the sleep/wake handshake */
+    pthread_mutex_t lock;  /* guards the sleep/wake handshakes */
     pthread_cond_t wake, done;
-    int nworkers, sleepers;
-    unsigned born[IQ1Q_POOL_MAX_WORKERS]; /* gen when each worker was started */
-    /* the job: written by its owner before gen is bumped */
-    iq1q_task_fn fn;
-    void *ctx;
-    int64_t ntasks;
-    int active; /* workers with an index below this take tasks */
-    _Atomic int64_t next;
-    _Atomic int pending; /* workers that have not yet finished the job */
-    _Atomic unsigned gen;
+    int nworkers, sleepers, waiting; /* waiting: the owner sleeps until the tasks are done */
+    uint32_t born[IQ1Q_POOL_MAX_WORKERS]; /* the job number when each worker was started */
+    /* the job, written by its owner before the ticket of its number is posted; atomics
+     * because a late worker may read them while the next owner writes (it then fails to
+     * claim a task and drops what it read) */
+    _Atomic(iq1q_task_fn) fn;
+    _Atomic(void *) ctx;
+    _Atomic int64_t ntasks;
+    _Atomic int active; /* workers with an index below this take tasks */
+    _Atomic uint64_t ticket;
+    _Atomic int64_t finished; /* tasks of the job done */
 } iq1q_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
                PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
@@ -71,39 +85,49 @@ static int64_t iq1q_pool_now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void iq1q_pool_work(void) {
-    int64_t t;
-    while ((t = atomic_fetch_add_explicit(&iq1q_pool.next, 1, memory_order_relaxed)) < iq1q_pool.ntasks)
-        iq1q_pool.fn(iq1q_pool.ctx, t);
+/* Run tasks of job `job` until none is left to claim (or a later job is posted). */
+static void iq1q_pool_work(uint32_t job) {
+    const iq1q_task_fn fn = atomic_load_explicit(&iq1q_pool.fn, memory_order_relaxed);
+    void *const ctx = atomic_load_explicit(&iq1q_pool.ctx, memory_order_relaxed);
+    const int64_t ntasks = atomic_load_explicit(&iq1q_pool.ntasks, memory_order_relaxed);
+    uint64_t cur = atomic_load_explicit(&iq1q_pool.ticket, memory_order_acquire);
+    while (IQ1Q_POOL_JOB(cur) == job && IQ1Q_POOL_TASK(cur) < ntasks) {
+        /* success proves job `job` was still unfinished, so fn, ctx and ntasks were its own */
+        if (!atomic_compare_exchange_weak_explicit(&iq1q_pool.ticket, &cur, cur + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        fn(ctx, IQ1Q_POOL_TASK(cur));
+        if (atomic_fetch_add_explicit(&iq1q_pool.finished, 1, memory_order_acq_rel) + 1 == ntasks) {
+            pthread_mutex_lock(&iq1q_pool.lock);
+            if (iq1q_pool.waiting) pthread_cond_signal(&iq1q_pool.done);
+            pthread_mutex_unlock(&iq1q_pool.lock);
+        }
+        cur = atomic_load_explicit(&iq1q_pool.ticket, memory_order_acquire);
+    }
 }
 
 static void *iq1q_pool_worker(void *arg) {
     const int index = (int)(intptr_t)arg;
-    /* the generation before the job this worker was started for: it may start late */
-    unsigned seen = iq1q_pool.born[index];
+    /* the job number before the job this worker was started for: it may start late */
+    uint32_t seen = iq1q_pool.born[index];
     for (;;) {
-        /* spin, then sleep, until the next job */
+        /* spin, then sleep, until a job is posted */
         const int64_t until = iq1q_pool_now_ns() + IQ1Q_POOL_SPIN_NS;
         int spins = 0;
-        while (atomic_load_explicit(&iq1q_pool.gen, memory_order_acquire) == seen) {
+        while (IQ1Q_POOL_JOB(atomic_load_explicit(&iq1q_pool.ticket, memory_order_acquire)) == seen) {
             IQ1Q_POOL_RELAX();
             if (++spins % 64 == 0 && iq1q_pool_now_ns() > until) {
                 pthread_mutex_lock(&iq1q_pool.lock);
                 ++iq1q_pool.sleepers;
-                while (atomic_load_explicit(&iq1q_pool.gen, memory_order_acquire) == seen)
+                while (IQ1Q_POOL_JOB(atomic_load_explicit(&iq1q_pool.ticket, memory_order_acquire)) == seen)
                     pthread_cond_wait(&iq1q_pool.wake, &iq1q_pool.lock);
                 --iq1q_pool.sleepers;
                 pthread_mutex_unlock(&iq1q_pool.lock);
                 break;
             }
         }
-        seen = atomic_load_explicit(&iq1q_pool.gen, memory_order_acquire);
-        if (index < iq1q_pool.active) iq1q_pool_work();
-        if (atomic_fetch_sub_explicit(&iq1q_pool.pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&iq1q_pool.lock);
-            pthread_cond_signal(&iq1q_pool.done);
-            pthread_mutex_unlock(&iq1q_pool.lock);
-        }
+        seen = IQ1Q_POOL_JOB(atomic_load_explicit(&iq1q_pool.ticket, memory_order_acquire));
+        if (index < atomic_load_explicit(&iq1q_pool.active, memory_order_relaxed)) iq1q_pool_work(seen);
     }
     return NULL;
 }
@@ -116,7 +140,7 @@ static int iq1q_pool_grow(int want) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        iq1q_pool.born[iq1q_pool.nworkers] = atomic_load(&iq1q_pool.gen);
+        iq1q_pool.born[iq1q_pool.nworkers] = IQ1Q_POOL_JOB(atomic_load(&iq1q_pool.ticket));
         const int err = pthread_create(&th, &attr, iq1q_pool_worker, (void *)(intptr_t)iq1q_pool.nworkers);
         pthread_attr_destroy(&attr);
         if (err) break; /* run with the workers there are */
@@ -128,31 +152,34 @@ static int iq1q_pool_grow(int want) {
 static void iq1q_pool_run(iq1q_task_fn fn, void *ctx, int64_t ntasks, int nthreads) {
     if (ntasks <= 0) return;
     if (nthreads > ntasks) nthreads = (int)ntasks;
-    if (nthreads <= 1 || pthread_mutex_trylock(&iq1q_pool.owner) != 0) {
+    /* serial: one thread, the pool busy, or more tasks than a ticket counts */
+    if (nthreads <= 1 || ntasks >= ((int64_t)1 << 31) || pthread_mutex_trylock(&iq1q_pool.owner) != 0) {
         for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
         return;
     }
-    const int workers = iq1q_pool_grow(nthreads - 1);
-    iq1q_pool.fn = fn;
-    iq1q_pool.ctx = ctx;
-    iq1q_pool.ntasks = ntasks;
-    iq1q_pool.active = nthreads - 1;
-    atomic_store_explicit(&iq1q_pool.next, 0, memory_order_relaxed);
-    atomic_store_explicit(&iq1q_pool.pending, workers, memory_order_relaxed);
+    iq1q_pool_grow(nthreads - 1);
+    atomic_store_explicit(&iq1q_pool.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&iq1q_pool.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&iq1q_pool.ntasks, ntasks, memory_order_relaxed);
+    atomic_store_explicit(&iq1q_pool.active, nthreads - 1, memory_order_relaxed);
+    atomic_store_explicit(&iq1q_pool.finished, 0, memory_order_relaxed);
+    const uint32_t job = IQ1Q_POOL_JOB(atomic_load_explicit(&iq1q_pool.ticket, memory_order_relaxed)) + 1;
+    atomic_store_explicit(&iq1q_pool.ticket, (uint64_t)job << 32, memory_order_release);
     pthread_mutex_lock(&iq1q_pool.lock);
-    atomic_fetch_add_explicit(&iq1q_pool.gen, 1, memory_order_release);
     if (iq1q_pool.sleepers) pthread_cond_broadcast(&iq1q_pool.wake);
     pthread_mutex_unlock(&iq1q_pool.lock);
-    iq1q_pool_work();
-    /* every worker acknowledges the job before the next one may be posted */
-    for (int spins = 0; atomic_load_explicit(&iq1q_pool.pending, memory_order_acquire) > 0; ++spins) {
-        if (spins < (1 << 16)) {
+    iq1q_pool_work(job);
+    /* the tasks other threads took: spin briefly, then sleep until the last is done */
+    for (int spins = 0; atomic_load_explicit(&iq1q_pool.finished, memory_order_acquire) < ntasks; ++spins) {
+        if (spins < (1 << 14)) {
             IQ1Q_POOL_RELAX();
             continue;
         }
         pthread_mutex_lock(&iq1q_pool.lock);
-        while (atomic_load_explicit(&iq1q_pool.pending, memory_order_acquire) > 0)
+        iq1q_pool.waiting = 1;
+        while (atomic_load_explicit(&iq1q_pool.finished, memory_order_acquire) < ntasks)
             pthread_cond_wait(&iq1q_pool.done, &iq1q_pool.lock);
+        iq1q_pool.waiting = 0;
         pthread_mutex_unlock(&iq1q_pool.lock);
     }
     pthread_mutex_unlock(&iq1q_pool.owner);
@@ -166,8 +193,7 @@ static void iq1q_pool_after_fork_child(void) {
     pthread_mutex_init(&iq1q_pool.lock, NULL);
     pthread_cond_init(&iq1q_pool.wake, NULL);
     pthread_cond_init(&iq1q_pool.done, NULL);
-    iq1q_pool.nworkers = iq1q_pool.sleepers = 0;
-    atomic_store(&iq1q_pool.pending, 0);
+    iq1q_pool.nworkers = iq1q_pool.sleepers = iq1q_pool.waiting = 0;
 }
 
 static int iq1q_pool_init(void) {

@@ -12,6 +12,7 @@
 #include "ref_dequantize.h"   /* weight dequantizers (docs/spec.md §6) */
 #include "ref_activations.h"  /* q8_0, q8_1, q8_k, q8_k128 (docs/spec.md §5) */
 #include "ref_gemm.h"         /* the 16 (weight, activation) kernels (docs/spec.md §7) */
+#include "ref_gptq.h"         /* Hessian-aware weight quantization (docs/quantizer.md) */
 
 /* Indexed by iq1q_format (weights first, then activations). */
 static const iq1q_weight_quantize_fn iq1q_ref_weight_quantizers[IQ1Q_NUM_WEIGHT_FORMATS] = {

@@ -21,6 +21,15 @@ cdef extern from "simd.h" nogil:
         IQ1Q_Q8_1
         IQ1Q_TILE_CHUNK
 
+cdef extern from "q8_0_gemm.h" nogil:
+    enum:
+        IQ1Q_HAVE_Q8_0_GEMM
+    int iq1q_q8_0_gemm(const uint8_t *w, int64_t N, int64_t K, const uint8_t *a, int64_t M, float *y,
+                       int nthreads, iq1q_pool_run_fn run)
+
+# whether this module multiplies weights stored as ggml Q8_0 (kernels/q8_0_gemm.h)
+HAS_Q8_0_GEMM = bool(IQ1Q_HAVE_Q8_0_GEMM)
+
 
 cdef int64_t _packed_size(int64_t N, int64_t K) except -1:
     if N < 0 or K <= 0 or K % IQ1Q_TILE_CHUNK:
@@ -93,3 +102,20 @@ def quantize_activations(int fmt, const float[:, ::1] x, uint8_t[::1] out, int t
     if fmt < IQ1Q_Q8_0:
         raise ValueError(f"{format_name(fmt)} is not an activation format")
     return _run_act_quantizer(iq1q_simd_act_quantizers[fmt - IQ1Q_Q8_0], fmt, x, out, threads)
+
+
+def q8_0_gemm(const uint8_t[::1] w, const uint8_t[::1] a, float[:, ::1] y, int64_t K, int threads):
+    """y = X @ W.T (y is M x N) for W: N rows of ggml Q8_0 bytes, X: M rows of q8_0."""
+    if not HAS_Q8_0_GEMM:
+        raise NotImplementedError("this kernel module has no Q8_0 weight product (HAS_Q8_0_GEMM)")
+    cdef int64_t M = y.shape[0], N = y.shape[1]
+    _check_rows(IQ1Q_Q8_0, N, K, w.shape[0], 0, N, False)
+    _check_rows(IQ1Q_Q8_0, M, K, a.shape[0], 0, M, False)
+    _check_threads(threads)
+    if M == 0 or N == 0:
+        return
+    cdef int err
+    with nogil:
+        err = iq1q_q8_0_gemm(&w[0], N, K, &a[0], M, &y[0, 0], threads, pool_run)
+    if err:
+        raise MemoryError("iq1q: no memory for the Q8_0 product's scratch")

@@ -50,6 +50,7 @@ def test_float_logits_match_ik_llama_cpp(gemma_gguf):
     row), log-probabilities within 0.008 wherever p > 1e-3; ik's KV cache is F16."""
     ref = np.load(VECTORS / "gemma3_270m_ik_logits.npz")
     m = from_gguf(gemma_gguf, threads=1)
+    m.float_head = True  # ik's figures are from the model in F32
     z = m.forward(ref["tokens"]).astype(np.float64)
     got = np.take_along_axis(z, ref["ids"].astype(np.int64), 1)
     want = ref["logits"].astype(np.float64)

@@ -336,8 +336,12 @@ def test_interrupted_run_leaves_no_output(tmp_path, rng, python_subprocess, sig)
     out = tmp_path / "out.gguf"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(iq1q.__file__).parent.parent),
                                                       os.environ.get("PYTHONPATH", "")]))
+    # the child takes SIGINT's default action: a runner started in the background of a
+    # non-interactive shell ignores SIGINT, its children would inherit that, and Python then
+    # installs no KeyboardInterrupt handler
     p = subprocess.Popen([python_subprocess, "-m", "iq1q", "quantize", str(src), str(out), "--type", "iq1_m",
-                          "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                          "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # early: once the temporary file holds a quarter of the output's tensor bytes
         want = 32 * 1024 * 1024 * 1.75 / 8 / 4

@@ -193,3 +193,41 @@ def test_an_iq1_file_runs_as_it_is(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--weights", "iq1_s_r4"]) == 2
     assert "already quantized (iq1_m_r4)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_hold_for_the_float_work_too(tmp_path, monkeypatch, threads):
+    """--threads holds for the float work around the kernels: numpy's BLAS is one thread
+    while the layers run (what it reports to the hooks) and as before afterwards; the pieces
+    of the output head run at most `threads` at a time."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from iq1q.models import perplexity, rows
+
+    def blas() -> set[int]:
+        return {d["num_threads"] for d in threadpoolctl.threadpool_info() if d.get("user_api") == "blas"}
+
+    before, seen, running, most, lock = blas(), [], [0], [0], threading.Lock()
+    monkeypatch.setattr(perplexity.Stats, "__call__", lambda self, name, x: seen.extend(blas()))
+    piece = rows.RowMatrix.rows
+
+    def counted(*a, **k):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return piece(*a, **k)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(rows.RowMatrix, "rows", counted)
+    monkeypatch.setattr(rows, "SLICE_ROWS", 64)  # the head of 300 rows in 5 pieces
+    path = tmp_path / "t.gguf"
+    tiny_models.tiny_llama(path, n_layer=1)
+    c = chunks(Tokenizer(gguf_io.read(path).metadata).encode(TEXT, add_bos=False), 16, 1)[0]
+    perplexity.evaluate(load(path, threads=threads), perplexity.Run("float", None, False), [c], progress=False)
+    assert seen and set(seen) == {1}, seen
+    assert blas() == before
+    assert 1 <= most[0] <= threads

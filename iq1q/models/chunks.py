@@ -62,3 +62,13 @@ def chunks(text_ids: Sequence[int], ctx: int, bos: int | None, llama_compatible:
         n = max(1, ids.size // step)
         out = [Chunk(np.concatenate([[bos], ids[i * step:(i + 1) * step]]), 0) for i in range(n)]
     return out[:max_chunks] if max_chunks else out
+
+
+def calibration_chunks(text_ids: Sequence[int], ctx: int, bos: int | None, max_chunks: int | None = None) -> list[Chunk]:
+    """llama-imatrix's chunks of a calibration text (ctx tokens, the first replaced by BOS), or
+    one chunk of the whole text when it is shorter than two chunks; ValueError if shorter than one."""
+    if len(text_ids) + 1 < ctx:
+        raise ValueError(f"the text has {len(text_ids)} tokens, fewer than one chunk of --ctx {ctx}")
+    if len(text_ids) + 1 >= 2 * ctx:
+        return chunks(text_ids, ctx, bos, llama_compatible=True, max_chunks=max_chunks)
+    return [chunks(text_ids, ctx, bos, max_chunks=1)[0]]

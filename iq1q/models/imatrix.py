@@ -173,7 +173,12 @@ def load(path: str | os.PathLike) -> Imatrix:
 class Collector:
     """A forward hook (iq1q.models.model) that sums x^2 per input column of every linear layer of
     the transformer blocks, and counts the rows (tokens), as llama-imatrix does: the output
-    head and other tensors outside `blk.` are left out (llama-imatrix without --process-output)."""
+    head and other tensors outside `blk.` are left out (llama-imatrix without --process-output).
+
+    The matrices of a 3-D tensor (experts, MLA heads) reach the hook as `tensor[i]`
+    (iq1q.models.moe.matrix_name), each with the rows routed to it; their statistics are kept
+    apart and stored as the tensor's one entry with a count per matrix, as llama-imatrix
+    stores experts."""
 
     def __init__(self) -> None:
         self.sums: dict[str, np.ndarray] = {}
@@ -189,20 +194,50 @@ class Collector:
         else:
             self.sums[name], self.counts[name] = x2, x.shape[0]
 
+    def tensors(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """tensor name -> (sums of squares (n_matrix, K) float64, row counts (n_matrix,)),
+        the matrices of a 3-D tensor gathered in order."""
+        from .moe import split_matrix_name
+
+        parts: dict[str, dict[int, str]] = {}
+        for name in self.sums:
+            base, i = split_matrix_name(name)
+            parts.setdefault(base, {})[-1 if i is None else i] = name
+        out = {}
+        for base, by_index in sorted(parts.items()):
+            if -1 in by_index:
+                if len(by_index) > 1:
+                    raise ImatrixError(f"{base!r} was seen both whole and as matrices")
+                order = [by_index[-1]]
+            else:
+                n = max(by_index) + 1
+                missing = [i for i in range(n) if i not in by_index]
+                if missing:
+                    raise ImatrixError(f"{base!r}: matrices {missing[:4]} were never seen")
+                order = [by_index[i] for i in range(n)]
+            out[base] = (np.stack([self.sums[k] for k in order]), np.array([self.counts[k] for k in order]))
+        return out
+
     def imatrix(self, dataset: str = "", chunks: int = 0) -> Imatrix:
-        entries = {n: (s / self.counts[n]).astype(np.float32) for n, s in self.sums.items()}
+        """The importance per tensor (n_matrix * K values): mean x^2, 1 for a matrix no row reached."""
+        entries = {}
+        for name, (sums, counts) in self.tensors().items():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 1.0)
+            entries[name] = v.astype(np.float32).reshape(-1)
         return Imatrix(entries, None, [dataset] if dataset else [], chunks, "")
 
 
 def write_gguf(path: str | os.PathLike, collector: Collector, dataset: str, chunks: int, chunk_size: int) -> None:
-    """Mainline llama.cpp's GGUF imatrix: per entry `<name>.in_sum2` (1, K) float32 sums of
-    squares and `<name>.counts` (1, 1) float32 row count; general.type = imatrix."""
+    """Mainline llama.cpp's GGUF imatrix: per entry `<name>.in_sum2` (n_matrix, K) float32 sums
+    of squares and `<name>.counts` (n_matrix, 1) float32 row counts (n_matrix = 1 but for
+    experts); general.type = imatrix."""
     from . import gguf_io
 
     tensors = {}
-    for name in sorted(collector.sums):
-        tensors[name + ".in_sum2"] = collector.sums[name].astype(np.float32).reshape(1, -1)
-        tensors[name + ".counts"] = np.array([[collector.counts[name]]], np.float32)
+    for name, (sums, counts) in collector.tensors().items():
+        tensors[name + ".in_sum2"] = sums.astype(np.float32)
+        tensors[name + ".counts"] = counts.astype(np.float32).reshape(-1, 1)
     meta = {"general.type": "imatrix", "imatrix.datasets": [dataset],
             "imatrix.chunk_count": np.uint32(chunks), "imatrix.chunk_size": np.uint32(chunk_size)}
     gguf_io.write(path, tensors, meta)
@@ -210,14 +245,18 @@ def write_gguf(path: str | os.PathLike, collector: Collector, dataset: str, chun
 
 def write_legacy(path: str | os.PathLike, collector: Collector, dataset: str, chunks: int) -> None:
     """llama-imatrix's legacy .dat (what ik_llama.cpp's tools read): values = mean x^2 * ncall
-    with ncall = the row count here (readers divide by ncall, whatever it counts; llama-imatrix
-    counts calls); then the chunk count and the dataset's name."""
+    with ncall = the row count here, summed over an entry's matrices (readers divide by ncall,
+    whatever it counts; llama-imatrix counts calls); a matrix that no row reached gets
+    importance 1, as llama-imatrix stores such experts; then the chunk count and the dataset's name."""
+    entries = collector.tensors()
     with open(path, "wb") as f:
-        f.write(struct.pack("<i", len(collector.sums)))
-        for name in sorted(collector.sums):
+        f.write(struct.pack("<i", len(entries)))
+        for name, (sums, counts) in entries.items():
             b = name.encode()
-            n = collector.counts[name]
-            v = collector.sums[name].astype("<f4")
+            n = int(counts.sum())
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.where(counts[:, None] > 0, sums * (n / np.maximum(counts, 1))[:, None], float(n))
+            v = v.astype("<f4").reshape(-1)
             f.write(struct.pack("<i", len(b)) + b + struct.pack("<ii", n, v.size) + v.tobytes())
         d = dataset.encode()
         f.write(struct.pack("<ii", chunks, len(d)) + d)
@@ -233,17 +272,16 @@ def compute(model_path: str | os.PathLike, text: str, ctx: int = 512, max_chunks
     from tqdm import tqdm
 
     from . import gguf_io
-    from .chunks import chunks
+    from .chunks import calibration_chunks
     from .model import from_gguf
     from .tokenizer import Tokenizer
 
     f = gguf_io.read(model_path)
     tok = Tokenizer(f.metadata)
-    ids = tok.encode(text, add_bos=False)
-    if len(ids) + 1 < ctx:
-        raise ImatrixError(f"the text has {len(ids)} tokens, fewer than one chunk of --ctx {ctx}")
-    parts = chunks(ids, ctx, tok.bos_id, llama_compatible=True, max_chunks=max_chunks) if len(ids) + 1 >= 2 * ctx \
-        else [chunks(ids, ctx, tok.bos_id, max_chunks=1)[0]]
+    try:
+        parts = calibration_chunks(tok.encode(text, add_bos=False), ctx, tok.bos_id, max_chunks)
+    except ValueError as e:
+        raise ImatrixError(str(e)) from None
     model = from_gguf(f, threads=threads)
     col = Collector()
     for c in tqdm(parts, desc="imatrix", unit="chunk", leave=False, file=sys.stderr,

@@ -25,41 +25,73 @@ from ..report import table
 from . import gguf_io
 from .chunks import Chunk, builtin_text, chunks
 from .model import Model, from_gguf
+from .moe import split_matrix_name
 from .quantize import quantize_model
 from .tokenizer import Tokenizer
 
-HEAD_ROWS = 64  # output-head rows per slice: a 262144-token vocabulary is 1 MiB of logits per row
+def layer_name(name: str) -> str:
+    """A linear layer's name in the table: the tensor's without '.weight', an expert's (or an
+    MLA head's) with its index, e.g. 'blk.3.ffn_down_exps[17]' for matrix 17 of a 3-D tensor."""
+    base, i = split_matrix_name(name)
+    return base.removesuffix(".weight") + ("" if i is None else f"[{i}]")
 
 
 class Stats:
     """A forward hook: fp16-overflowing activation blocks of the IQ1 layers (what the pair's
-    activation format would store) and the largest |activation| of any linear input."""
+    activation format would store), per layer, and the largest |activation| of any linear
+    input; an expert counts as a layer of its own (iq1q.models.moe names them)."""
 
     def __init__(self, quantized: set[str], activation: str | None):
         self.quantized = quantized
         self.fp16 = activation_format(activation) if activation in hazards.FP16_FORMATS else None
         self.overflow_blocks = 0
+        self.overflow_by_layer: dict[str, int] = {}
         self.max_abs, self.max_layer = 0.0, ""
 
     def __call__(self, name: str, x: np.ndarray) -> None:
-        m = float(np.max(np.abs(x))) if x.size else 0.0
+        if not x.size:  # an expert no token was routed to
+            return
+        m = float(np.max(np.abs(x)))
         # a NaN is kept once seen, so that a NaN run names the layer where it began
         if not math.isnan(self.max_abs) and (math.isnan(m) or m > self.max_abs):
-            self.max_abs, self.max_layer = m, name.removesuffix(".weight")
+            self.max_abs, self.max_layer = m, layer_name(name)
         if self.fp16 and name in self.quantized and np.isfinite(x).all():
-            self.overflow_blocks += hazards.scan(np.ascontiguousarray(x, np.float32), self.fp16).overflow_blocks
+            n = hazards.scan(np.ascontiguousarray(x, np.float32), self.fp16).overflow_blocks
+            if n:
+                self.overflow_blocks += n
+                key = layer_name(name)
+                self.overflow_by_layer[key] = self.overflow_by_layer.get(key, 0) + n
+
+    @property
+    def overflow_layer(self) -> str:
+        """The layer (or expert) with the most overflowing blocks; '' when none overflowed."""
+        return max(self.overflow_by_layer, key=self.overflow_by_layer.get, default="")
 
 
 def _nll(model: Model, hidden: np.ndarray, targets: np.ndarray, hook) -> np.ndarray:
-    """-log softmax(logits)[target] per row, the head computed HEAD_ROWS rows at a time."""
-    out = np.empty(len(targets), np.float64)
-    for a in range(0, len(targets), HEAD_ROWS):
-        z = model.logits(hidden[a:a + HEAD_ROWS], hook)
-        zmax = z.max(axis=1, keepdims=True)
-        # exp in float32 (all terms <= 1, half the time of float64), summed in float64
-        lse = np.log(np.exp(z - zmax).sum(axis=1, dtype=np.float64)) + zmax[:, 0]
-        out[a:a + HEAD_ROWS] = lse - z[np.arange(len(z)), targets[a:a + HEAD_ROWS]].astype(np.float64)
-    return out
+    """-log softmax(logits)[target] per row, with the head a slice of the vocabulary at a
+    time (on the run's threads): each slice's largest logit and sum of exp(logit - largest)
+    per row, combined at the end, so that no row's whole logits are ever held."""
+    n = len(targets)
+    picked = np.empty(n, np.float64)
+
+    def reduce(v0: int, v1: int, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        here = (targets >= v0) & (targets < v1)
+        picked[here] = z[here, targets[here] - v0]  # slices own disjoint rows of picked
+        top = z.max(axis=1)
+        shift = np.where(np.isneginf(top), np.float32(0), top)  # a row of -inf: exp gives 0s, not NaNs
+        # in place, in float32 (terms <= 1; the slices' sums are combined in float64); the
+        # sum as a product with ones: a fifth of the time of sum(axis=1) on these shapes
+        np.subtract(z, shift[:, None], out=z)
+        np.exp(z, out=z)
+        return top, z @ np.ones(z.shape[1], np.float32)
+
+    parts = model.logit_map(hidden, reduce, hook)  # reduce may overwrite the logits it is given
+    tops = np.stack([p[0] for p in parts]).astype(np.float64)  # (slices, rows)
+    top = tops.max(axis=0)
+    with np.errstate(invalid="ignore", over="ignore"):  # a slice of -inf logits adds exp(-inf) = 0
+        total = sum(p[1] * np.exp(t - top) for p, t in zip(parts, tops))
+    return np.log(total) + top - picked
 
 
 @dataclass
@@ -70,6 +102,7 @@ class Run:
     from_file: bool = False   # the weights were IQ1 in the model file, used as they are
     ppl: float = math.nan
     overflow_blocks: int = 0
+    overflow_layer: str = ""  # where most of them were (an expert: 'blk.3.ffn_down_exps[17]')
     max_activation: float = 0.0
     max_activation_layer: str = ""
     tokens_per_second: float = 0.0
@@ -80,7 +113,7 @@ class Run:
     def json(self) -> dict:
         return {"weights": self.weights, "activations": self.activations, "imatrix": self.imatrix,
                 "from_file": self.from_file,
-                "ppl": self.ppl, "overflow_blocks": self.overflow_blocks,
+                "ppl": self.ppl, "overflow_blocks": self.overflow_blocks, "overflow_layer": self.overflow_layer,
                 "max_activation": self.max_activation, "max_activation_layer": self.max_activation_layer,
                 "tokens_per_second": self.tokens_per_second, "seconds": self.seconds,
                 "tokens": self.tokens, "nll": self.nll}
@@ -110,7 +143,7 @@ def evaluate(model: Model, run: Run, parts: Sequence[Chunk], progress: bool | No
     all_nll = np.concatenate(nll)
     run.ppl = float(np.exp(all_nll.mean()))
     run.nll, run.tokens = all_nll.tolist(), toks
-    run.overflow_blocks = stats.overflow_blocks
+    run.overflow_blocks, run.overflow_layer = stats.overflow_blocks, stats.overflow_layer
     run.max_activation, run.max_activation_layer = stats.max_abs, stats.max_layer
     run.tokens_per_second = n_eval / run.seconds if run.seconds else 0.0
     return run
@@ -155,7 +188,9 @@ def perplexity(model_path: str | os.PathLike, text: str | None = None, ctx: int 
             model.activation = a
             runs.append(evaluate(model, Run(in_file[0], a, False, from_file=True), parts, progress))
     else:
-        runs.append(evaluate(from_gguf(src, threads=threads), Run("float", None, False), parts, progress))
+        model = from_gguf(src, threads=threads)
+        model.float_head = True  # the float model: no 8-bit activations anywhere
+        runs.append(evaluate(model, Run("float", None, False), parts, progress))
         variants = ([None, imatrix] if both_imatrix else [imatrix])
         with tempfile.TemporaryDirectory(prefix="iq1q-ppl-") as tmp:
             for w in weights:
@@ -182,7 +217,8 @@ def format_table(result: dict) -> str:
         ratio = f"{r['ppl'] / base:.4g}" if base and r["weights"] != "float" else ""
         rows.append([r["weights"], r["activations"] or "-",
                      "(file)" if r.get("from_file") else "yes" if r["imatrix"] else "no",
-                     f"{r['ppl']:.6g}", ratio, r["overflow_blocks"],
+                     f"{r['ppl']:.6g}", ratio,
+                     f"{r['overflow_blocks']} ({r['overflow_layer']})" if r.get("overflow_layer") else r["overflow_blocks"],
                      f"{r['max_activation']:.4g} ({r['max_activation_layer']})", f"{r['tokens_per_second']:.0f}"])
     head = (f"{result['model']}: {result['chunks']} chunks of {result['ctx']} tokens, "
             f"{result['scored_tokens']} scored{' (llama-perplexity scoring)' if result['llama_compatible'] else ''}")

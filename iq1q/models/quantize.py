@@ -24,7 +24,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +34,11 @@ import numpy as np
 from . import gguf_io
 from ..formats import WEIGHT_FORMATS, Format, format_info
 from .gguf_io import GGUFError, RawTensor, TensorSpec
+from ..hessian import HessianOptions
+from .calibrate import Calibration, calibrate
 from .imatrix import Imatrix
 from .imatrix import load as load_imatrix
+from .moe import matrix_name
 from ..report import table
 from ..tensors import QuantizedTensor, quantize
 from ..threads import num_threads
@@ -231,10 +234,13 @@ class _Item:
     imatrix: np.ndarray | None = None
     byte0: int = 0  # for copies: byte range in the tensor
     nbytes: int = 0
+    calibrated: np.ndarray | None = None  # the rows' bytes, quantized already with a Hessian
 
 
-def _items(plans: Sequence[TensorPlan]):
-    """Work items in file order: row chunks of quantized tensors, byte chunks of copies."""
+def _items(plans: Sequence[TensorPlan], calibrated: Mapping[str, np.ndarray]):
+    """Work items in file order: row chunks of quantized tensors, byte chunks of copies.
+    calibrated: bytes quantized with a Hessian, by matrix (a 2-D tensor's name, or
+    matrix_name(tensor, i) for matrix i of a 3-D one)."""
     for p in plans:
         src = p.src
         if not p.quantized:
@@ -244,11 +250,16 @@ def _items(plans: Sequence[TensorPlan]):
             continue
         k, rows = src.shape[-1], src.shape[-2]
         step = max(4, CHUNK_WEIGHTS // k // 4 * 4)  # whole 4-row groups
-        for e in range(math.prod(src.shape[:-2])):
+        n_mat = math.prod(src.shape[:-2])
+        out_row = p.spec.nbytes // (rows * n_mat)
+        for e in range(n_mat):
             im = None if p.imatrix is None else p.imatrix[e * k:(e + 1) * k]
+            # calibrated bytes are kept per matrix: an expert no token reached has none
+            done = calibrated.get(p.name if len(src.shape) == 2 else matrix_name(p.name, e))
             for r in range(0, rows, step):
                 n = min(step, rows - r)
-                yield _Item(p, n * src.row_bytes, row0=e * rows + r, rows=n, imatrix=im)
+                yield _Item(p, n * src.row_bytes, row0=e * rows + r, rows=n, imatrix=im,
+                            calibrated=None if done is None else done[r * out_row:(r + n) * out_row])
 
 
 def _to_float(raw: RawTensor, buf: np.ndarray, rows: int) -> np.ndarray:
@@ -288,7 +299,10 @@ def _run(fd: int, item: _Item, errors: bool) -> _Done:
         raise QuantizeError(f"{p.name}: NaN or Inf in the source weights (rows from {item.row0})")
     t = p.target
     if t.iq1 is not None:
-        q = quantize(x, t.name, imatrix=item.imatrix, threads=1)
+        if item.calibrated is not None:
+            q = QuantizedTensor.from_bytes(item.calibrated, t.name, (item.rows, x.shape[1]))
+        else:
+            q = quantize(x, t.name, imatrix=item.imatrix, threads=1)
         out = q.data
         y = q.dequantize(threads=1) if errors else None
     else:
@@ -325,6 +339,7 @@ class Summary:
     tensor_rms: dict[str, float] = field(default_factory=dict)  # relative RMS error per quantized tensor
     fallbacks: list[tuple[str, str, str, str]] = field(default_factory=list)  # name, asked, got, why
     quantized_weights: int = 0
+    calibration: Calibration | None = None  # --calibration: the layers quantized with their Hessians
 
     def table(self) -> str:
         mib = 1 << 20
@@ -347,15 +362,24 @@ class Summary:
         for (asked, got, why), names in groups.items():
             out += (f"\nfallback {asked} -> {got}: {len(names)} tensor{'s' if len(names) > 1 else ''} "
                     f"({why}), e.g. {names[0]}")
+        if self.calibration is not None:
+            c = self.calibration
+            q = sum(r.seconds for r in c.layers)
+            out += (f"\n\n{len(c.layers)} layers quantized with their input Hessians in {c.seconds:.1f} s "
+                    f"({q:.1f} s quantizing, the rest running the model); " + c.table())
         return out
 
 
 def quantize_model(src_path: str | os.PathLike, dst_path: str | os.PathLike, type: str,
                    imatrix: str | os.PathLike | None = None, tensor_types: Sequence[str] = (),
                    threads: int | None = None, progress: bool | None = None, errors: bool = True,
-                   warn: Callable[[str], None] | None = None) -> Summary:
+                   warn: Callable[[str], None] | None = None, calibration: str | None = None, ctx: int = 512,
+                   chunks: int | None = None, hessian_options: HessianOptions | None = None) -> Summary:
     """Quantize a GGUF model's block weights to `type`; see the module docstring.
 
+    calibration: a text; the block matrices are then quantized with their input Hessians
+    on it (iq1q.models.calibrate: chunks of ctx tokens, at most `chunks` of them,
+    hessian_options for iq1q.quantize).
     progress: a tqdm bar on stderr (None: only when stderr is a terminal).
     errors: also measure each quantized tensor's relative RMS error (dequantizes the result).
     warn: called with each warning line (default: printed to stderr)."""
@@ -374,7 +398,7 @@ def quantize_model(src_path: str | os.PathLike, dst_path: str | os.PathLike, typ
     im = None
     if imatrix is not None:
         im = load_imatrix(imatrix)
-    else:
+    elif calibration is None:
         warn("no --imatrix: IQ1 quality depends on an importance matrix (llama-imatrix computes one); "
              "quantizing without")
     src = gguf_io.read(src_path)
@@ -391,11 +415,17 @@ def quantize_model(src_path: str | os.PathLike, dst_path: str | os.PathLike, typ
         meta["quantize.imatrix.chunks_count"] = np.int32(im.chunks)
 
     summary = Summary(dst_path, threads=nthreads)
+    calibrated: dict[str, np.ndarray] = {}
+    if calibration is not None:
+        summary.calibration = calibrate(src, {p.name: p for p in plans}, calibration, dst_path.resolve().parent,
+                                        ctx=ctx, max_chunks=chunks, options=hessian_options, threads=nthreads,
+                                        progress=progress, warn=warn)
+        calibrated = summary.calibration.tensors
     for p in plans:
         if p.asked:
             summary.fallbacks.append((p.name, p.asked, gguf_io.type_name(p.out_type).lower(), p.note))
     total_bytes = sum(p.src.nbytes for p in plans)
-    items = _items(plans)
+    items = _items(plans, calibrated)
     fd = os.open(src_path, os.O_RDONLY)
     pool = ThreadPoolExecutor(nthreads, thread_name_prefix="iq1q-quantize")
     pending: deque[tuple[_Item, Future]] = deque()

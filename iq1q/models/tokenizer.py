@@ -11,7 +11,6 @@ supported yet and raise TokenizerError naming the model.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,22 +58,61 @@ def _flag(num: int, value: int) -> bytes:  # varint (wire type 0)
     return _varint(num << 3) + _varint(value)
 
 
+def _varints(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first byte, second byte or -1) of the varints of v, all below 2^14."""
+    two = v >= 0x80
+    return np.where(two, (v & 0x7F) | 0x80, v), np.where(two, v >> 7, -1)
+
+
+def _pieces(texts: list[bytes], scores: np.ndarray, types: np.ndarray) -> bytes:
+    """The repeated `pieces` field of a ModelProto: (piece text, score, type) per token.
+    With numpy over all tokens at once: a Python loop over Gemma's 262k took 0.3 s."""
+    lens = np.fromiter(map(len, texts), np.int64, len(texts))
+    piece_len = 1 + 1 + (lens >= 0x80) + lens + 5 + 2  # text tag and length, text, score, type
+    record = 1 + 1 + (piece_len >= 0x80) + piece_len
+    if texts and record.max() >= 1 << 14:
+        raise TokenizerError("a vocabulary token is too long for this tokenizer (over 16 KiB)")
+    start = np.concatenate([[0], np.cumsum(record)])
+    out = np.empty(int(start[-1]), np.uint8)
+    o = start[:-1]
+
+    def put(at: np.ndarray, v: np.ndarray) -> np.ndarray:  # a varint at `at`; returns what follows
+        first, second = _varints(v)
+        out[at] = first
+        two = second >= 0
+        out[at[two] + 1] = second[two]
+        return at + 1 + two
+
+    out[o] = _PIECES << 3 | 2
+    p = put(o + 1, piece_len)
+    out[p] = 1 << 3 | 2
+    t = put(p + 1, lens)
+    text = np.frombuffer(b"".join(texts), np.uint8)
+    out[np.repeat(t - (np.cumsum(lens) - lens), lens) + np.arange(text.size)] = text
+    s = t + lens
+    out[s] = 2 << 3 | 5  # score: a 32-bit float
+    out[s[:, None] + np.arange(1, 5)] = scores.astype("<f4").view(np.uint8).reshape(-1, 4)
+    out[s + 5] = 3 << 3
+    out[s + 6] = types  # every token type is below 0x80
+    return out.tobytes()
+
+
 def _model_proto(tokens: list[str], scores: np.ndarray, types: np.ndarray, add_space_prefix: bool) -> bytes:
-    # Serialized by hand (a dozen lines) so that the protobuf package is not a dependency.
-    parts = []
-    for tok, score, ty in zip(tokens, scores.tolist(), types.tolist()):
-        if ty == USER_DEFINED:
-            if tok in EOG_TEXTS:
-                ty = NORMAL
-            else:  # llama.cpp matches them in the raw text, sentencepiece after escaping spaces
-                tok = tok.replace(" ", SPACE)
-        piece = _field(1, tok.encode("utf-8")) + b"\x15" + struct.pack("<f", score) + _flag(3, ty)
-        parts.append(_field(_PIECES, piece))
+    # Serialized by hand so that the protobuf package is not a dependency
+    types = types.copy()
+    texts = [t.encode("utf-8") for t in tokens]
+    for i in np.flatnonzero(types == USER_DEFINED):
+        if tokens[i] in EOG_TEXTS:
+            types[i] = NORMAL
+        else:  # llama.cpp matches them in the raw text, sentencepiece after escaping spaces
+            texts[i] = tokens[i].replace(" ", SPACE).encode("utf-8")
+    if types.size and not (0 <= types.min() and types.max() < 0x80):
+        raise TokenizerError(f"token types must be in [0, 128), got {types.min()}..{types.max()}")
     trainer = _flag(_TRAINER_MODEL_TYPE, _BPE) + _flag(_TRAINER_BYTE_FALLBACK, 1)
     # llama.cpp neither normalizes nor collapses spaces; proto2 defaults for these are true
     normalizer = (_field(_NORM_NAME, b"identity") + _flag(_NORM_DUMMY_PREFIX, int(add_space_prefix))
                   + _flag(_NORM_REMOVE_SPACES, 0) + _flag(_NORM_ESCAPE_SPACES, 1))
-    return b"".join(parts) + _field(_TRAINER, trainer) + _field(_NORMALIZER, normalizer)
+    return _pieces(texts, scores, types) + _field(_TRAINER, trainer) + _field(_NORMALIZER, normalizer)
 
 
 def _require(metadata: Mapping[str, Any], key: str) -> Any:

@@ -1,5 +1,6 @@
 // Token ids and logits from ik_llama.cpp's libllama, for iq1q's test fixtures.
-// usage: oracle MODEL TEXT_OR_IDS OUT_PREFIX KV(f16|f32) FA(0|1) MAXTOK [tokens_only]  (a .ids file: int32 token ids)
+// usage: oracle MODEL TEXT_OR_IDS OUT_PREFIX KV(f16|f32) FA(0|1) MAXTOK [tokens_only | mla=N]  (a .ids file: int32 token ids;
+//        mla=N: ik's MLA mode for deepseek2, 0 = attention over attn_kv_b's keys and values as they are)
 #include "llama.h"
 #include <cstdio>
 #include <cstdlib>
@@ -12,7 +13,9 @@ int main(int argc, char **argv) {
     if (argc < 7) { fprintf(stderr, "usage\n"); return 2; }
     std::ifstream in(argv[2], std::ios::binary); std::stringstream ss; ss << in.rdbuf(); std::string text = ss.str();
     std::string out = argv[3]; bool f32 = std::string(argv[4]) == "f32"; bool fa = atoi(argv[5]); int maxtok = atoi(argv[6]);
-    bool tokens_only = argc > 7;
+    std::string opt = argc > 7 ? argv[7] : "";
+    bool tokens_only = argc > 7 && opt.rfind("mla=", 0) != 0;
+    int mla = opt.rfind("mla=", 0) == 0 ? atoi(opt.c_str() + 4) : -1;
     llama_backend_init();
     auto mp = llama_model_default_params();
     llama_model *model = llama_model_load_from_file(argv[1], mp);
@@ -33,6 +36,7 @@ int main(int argc, char **argv) {
     auto cp = llama_context_default_params();
     cp.n_ctx = n; cp.n_batch = n; cp.n_ubatch = n; cp.n_threads = 1; cp.n_threads_batch = 1;
     cp.flash_attn = fa; cp.logits_all = true;
+    if (mla >= 0) cp.mla_attn = mla;
     if (f32) { cp.type_k = GGML_TYPE_F32; cp.type_v = GGML_TYPE_F32; }
     llama_context *ctx = llama_init_from_model(model, cp);
     if (!ctx) return 4;
