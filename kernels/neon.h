@@ -60,6 +60,7 @@ typedef struct {
 #define IQ1Q_SIMD_GROUP_SUMS 0
 #define IQ1Q_SIMD_BIASED_ROWS 0 /* never: sdot takes signed operands on both sides */
 #define IQ1Q_SIMD_PAIR 0   /* one tile per pass: 4 rows x 2 halves of accumulators fill the registers */
+#define IQ1Q_SIMD_READS_GGML 0 /* the driver decodes tiles: NEON has no gather, and tbl tables are 64 bytes */
 #include "simd_gemm.h"
 
 /* int32 lanes, all ones where s = -1 for rows 4j..4j+3, group i of half h */
@@ -110,11 +111,12 @@ IQ1Q_NEON_INLINE int32x4_t iq1q_neon_hist_c(const uint8_t *tile, const iq1q_tile
 }
 
 /* NM activation rows m..m+NM-1 over chunks [c0, c1) of a tile (see simd_gemm.h) */
-IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const uint8_t *tile,
-                                     const uint8_t *tile2, const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
+IQ1Q_NEON_INLINE void iq1q_neon_rows(const iq1q_simd_half *ops, const iq1q_simd_tile *T,
+                                     const iq1q_simd_tile *T2, const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
                                      int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
                                      const int FUSED) {
-    (void)tile2; /* no pairs here */
+    (void)T2; /* no pairs here */
+    const uint8_t *tile = T->tile;
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
     const float *dtile = (const float *)(tile + L->d);
     /* the quants in pass order (simd_gemm.h): chunk c of row m + i at q + 32 (c NM + i) */
@@ -170,11 +172,14 @@ static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, i
     iq1q_tile_decode_portable(wfmt, w, N, K, t, c0, c1, L, tile);
 }
 
-static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
-                             int64_t c, int h, int hist, iq1q_simd_half *o) {
+static void iq1q_simd_expand(const iq1q_simd_tile *tile, const iq1q_simd_tile *tile2, const iq1q_tile_layout *L,
+                             int64_t c0, int64_t c1, int hist, iq1q_simd_half *ops) {
     (void)tile2;
-    if (hist) iq1q_neon_operands(tile, L, c, h, o, 1);
-    else iq1q_neon_operands(tile, L, c, h, o, 0);
+    for (int64_t c = c0; c < c1; ++c)
+        for (int h = 0; h < 2; ++h) {
+            if (hist) iq1q_neon_operands(tile->tile, L, c, h, ops + 2 * (c - c0) + h, 1);
+            else iq1q_neon_operands(tile->tile, L, c, h, ops + 2 * (c - c0) + h, 0);
+        }
 }
 
 #endif /* IQ1Q_NEON_H */

@@ -10,6 +10,9 @@
  *   IQ1Q_SIMD_BIASED_ROWS from how many activation rows its kernels read the quants + 128 as
  *                         unsigned bytes (0: never; the historical kernel never does)
  *   IQ1Q_SIMD_PAIR        1 when its kernels run two tiles (16 weight rows) per pass
+ *   IQ1Q_SIMD_READS_GGML  1 when its kernels read a tile's rows from the ggml bytes themselves
+ *                         (iq1q_simd_tile without a decoded tile); 0: the driver decodes
+ *                         them into tiles first (iq1q_simd_decode)
  *   iq1q_simd_half        the expanded operands of one half chunk (16 columns of a tile's
  *                         8 rows, or of both tiles of a pair)
  * and, after it, the three functions declared below.
@@ -111,24 +114,53 @@ static void iq1q_simd_prepare_row(const iq1q_simd_acts *A, int64_t m) {
     }
 }
 
+/* ---- the weights of a pass ----------------------------------------------------- */
+
+/* Rows 8t..8t+7 of the weights as a kernel reads them: decoded into a tile (tiles.h),
+ * or, where the ISA reads the ggml bytes itself, those bytes. Rows past the end of the
+ * tensor read its last row (its last 4-row group for _r4), and their results are dropped. */
+typedef struct {
+    const uint8_t *tile;                 /* the decoded tile, or NULL: read the ggml bytes */
+    const uint8_t *w;                    /* the ggml bytes of row 8t */
+    int32_t offs[IQ1Q_TILE_ROWS];        /* from w to row 8t + r (to its 4-row group for _r4) */
+    int wfmt;
+} iq1q_simd_tile;
+
+static void iq1q_simd_tile_rows(iq1q_simd_tile *T, int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t) {
+    const iq1q_format_info *f = &iq1q_format_infos[wfmt];
+    const size_t rs = iq1q_row_size(f->block_size, f->type_size, f->row_meta_size, K);
+    const int64_t row0 = t * IQ1Q_TILE_ROWS;
+    T->tile = NULL;
+    T->wfmt = wfmt;
+    T->w = w + (size_t)row0 * rs;
+    for (int r = 0; r < IQ1Q_TILE_ROWS; ++r) {
+        int64_t row = row0 + r < N ? row0 + r : N - 1;
+        if (f->rows_per_group == 4) row &= ~(int64_t)3;
+        T->offs[r] = (int32_t)((row - row0) * (int64_t)rs);
+    }
+}
+
 /* ---- what the ISA header defines ---------------------------------------------- */
 
+#if !IQ1Q_SIMD_READS_GGML
 /* Chunks [c0, c1) of tile t of an N x K weight tensor (ggml bytes w, weight format
- * wfmt) into `tile` (tiles.h: the ISA's own decode, or iq1q_tile_decode_portable). */
+ * wfmt) into `tile` (tiles.h). */
 static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t, int64_t c0,
                              int64_t c1, const iq1q_tile_layout *L, uint8_t *tile);
+#endif
 
-/* Operands of half h of chunk c of a tile (and of tile2, the pair's second tile, or
- * NULL when the pass runs one tile), expanded once for many activation rows (hist:
- * for the historical kernel). */
-static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
-                             int64_t c, int h, int hist, iq1q_simd_half *o);
+/* Operands of both halves of chunks [c0, c1) (ops[2 (c - c0) + h]) of a tile (and of
+ * tile2, the pair's second tile, or NULL when the pass runs one tile), expanded once for
+ * many activation rows (hist: for the historical kernel). */
+static void iq1q_simd_expand(const iq1q_simd_tile *tile, const iq1q_simd_tile *tile2, const iq1q_tile_layout *L,
+                             int64_t c0, int64_t c1, int hist, iq1q_simd_half *ops);
 
 /* nm (1..IQ1Q_SIMD_NM) activation rows m.. over chunks [c0, c1) (whole activation
  * blocks) of a tile, or of a pair (tile2 not NULL); f holds their float accumulators,
  * 8 per row and tile. The operands come from ops (expanded, for chunks c0..) or,
  * when fused, are made on the spot. */
-static inline void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
+static inline void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const iq1q_simd_tile *tile,
+                             const iq1q_simd_tile *tile2,
                              const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0,
                              int64_t c1, float *f, int hist, int fused);
 
@@ -159,7 +191,7 @@ static inline void iq1q_simd_rows_n(int nm, const iq1q_simd_half *ops, const uin
     /* always inlined: left to itself, gcc calls an outlined copy once the switch grows to 8 \
      * row counts, and the expanded path got 4 % slower (AVX2, M = 256) */                       \
     static inline __attribute__((always_inline)) void iq1q_simd_rows_n(                              \
-        int nm, const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,                \
+        int nm, const iq1q_simd_half *ops, const iq1q_simd_tile *tile, const iq1q_simd_tile *tile2,  \
         const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1,       \
         float *f, int hist, int fused) {                                                             \
         switch (nm) { IQ1Q_SIMD_ROWS_CASES(ROWS) }                                                   \
@@ -197,21 +229,26 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
         const int64_t mc = J->M - m0 < IQ1Q_SIMD_MC ? J->M - m0 : IQ1Q_SIMD_MC;
         for (int64_t t = t0; t < t1; t += pair ? 2 : 1) {
             const int two = pair && t + 1 < t1;
-            uint8_t *tile = J->tiles ? (uint8_t *)J->tiles + (size_t)t * L->bytes : scratch;
-            uint8_t *tile2 = !pair ? NULL : two ? tile + L->bytes : tile;
+            iq1q_simd_tile T[2];
+            for (int k = 0; k < (pair ? 2 : 1); ++k) {
+                iq1q_simd_tile_rows(&T[k], J->wfmt, J->w, J->N, A->K, two ? t + k : t);
+                if (J->tiles) T[k].tile = J->tiles + (size_t)(two ? t + k : t) * L->bytes;
+                else if (!IQ1Q_SIMD_READS_GGML) T[k].tile = scratch + (size_t)(two ? k : 0) * L->bytes;
+            }
+            const iq1q_simd_tile *tile = &T[0], *tile2 = pair ? &T[1] : NULL;
             memset(fbuf, 0, sizeof(float) * (size_t)width * (size_t)mc);
             for (int64_t c0 = 0; c0 < L->nchunks; c0 += IQ1Q_SIMD_KCH) {
                 const int64_t c1 = c0 + IQ1Q_SIMD_KCH < L->nchunks ? c0 + IQ1Q_SIMD_KCH : L->nchunks;
-                if (!J->tiles) { /* read only, then */
-                    iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t, c0, c1, L, tile);
-                    if (two) iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t + 1, c0, c1, L, tile2);
-                }
+#if !IQ1Q_SIMD_READS_GGML
+                if (!J->tiles) /* read only, then */
+                    for (int k = 0; k < (two ? 2 : 1); ++k)
+                        iq1q_simd_decode(J->wfmt, J->w, J->N, A->K, t + k, c0, c1, L, (uint8_t *)T[k].tile);
+#endif
                 if (J->fused) { /* make each operand where it is used */
                     iq1q_simd_rows_n((int)mc, ops, tile, tile2, L, A, m0, c0, c1, fbuf, hist, 1);
                     continue;
                 } /* expand the panel once, then run every row over it */
-                for (int64_t c = c0; c < c1; ++c)
-                    for (int h = 0; h < 2; ++h) iq1q_simd_expand(tile, tile2, L, c, h, hist, ops + 2 * (c - c0) + h);
+                iq1q_simd_expand(tile, tile2, L, c0, c1, hist, ops);
                 for (int64_t m = 0; m < mc; m += IQ1Q_SIMD_NM) {
                     const int nm = mc - m < IQ1Q_SIMD_NM ? (int)(mc - m) : IQ1Q_SIMD_NM;
                     iq1q_simd_rows_n(nm, ops, tile, tile2, L, A, m0 + m, c0, c1, fbuf + width * m, hist, 0);
@@ -302,7 +339,7 @@ static int iq1q_simd_gemm(int wfmt, int afmt, int hist, const uint8_t *w, const 
     if (J.pair) J.tiles_per_task += J.tiles_per_task % 2; /* whole pairs */
     const int64_t njobs = (J.ntiles + J.tiles_per_task - 1) / J.tiles_per_task;
     /* two tiles per task, each touched a panel at a time (tile bytes are 64-byte multiples) */
-    J.scratch = aligned_alloc(64, tiles ? 64 : (size_t)njobs * 2 * J.L.bytes);
+    J.scratch = aligned_alloc(64, tiles || IQ1Q_SIMD_READS_GGML ? 64 : (size_t)njobs * 2 * J.L.bytes);
     if (!J.scratch) {
         free(scratch);
         return -1;

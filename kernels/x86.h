@@ -41,7 +41,7 @@
 #include <immintrin.h>
 
 #include "tiles.h"
-#include "x86_decode.h"
+#include "x86_ggml.h"
 
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define IQ1Q_X86_VNNI 1
@@ -106,6 +106,7 @@ typedef iq1q_x86_half iq1q_simd_half;
  * kernel cost fewer steps than the rows' corrections they would save. */
 #define IQ1Q_SIMD_BIASED_ROWS (IQ1Q_X86_VNNI ? 0 : 5)
 #define IQ1Q_SIMD_PAIR IQ1Q_X86_PAIR
+#define IQ1Q_SIMD_READS_GGML 1 /* grid lookups where the operands are made (x86_ggml.h) */
 #include "simd_gemm.h"
 
 /* int16 ls of row r, half h of chunk c, in lanes 2r and 2r + 1 */
@@ -116,30 +117,20 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_ls16(const uint8_t *tile, const iq1q_tile_layou
     return _mm256_or_si256(ls32, _mm256_slli_epi32(ls32, 16));
 }
 
-/* DP: for vpdpbusd (VNNI only), which takes 8*ls folded into the bytes; else for vpmaddubsw,
- * with ls folded (FOLD) or applied by vpmaddwd */
-IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
-                                       int h, iq1q_x86_half *o, const int FOLD, const int DP) {
-    const __m256i three = _mm256_set1_epi8(3);
-    const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
-                                          8192, 16384, (short)32768);
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-    const __m256i ls16 = iq1q_x86_ls16(tile, L, c, h);
+/* The operands of a half from its levels u[p] (columns 16h + 4p .. +3, row r in lane r),
+ * the rows' int16 ls (lanes 2r, 2r + 1) and signs (neg16: -1 where s = -1, group 2h of
+ * row r in lane 2r, 2h + 1 in 2r + 1). DP: for vpdpbusd (VNNI only), which takes 8*ls
+ * folded into the bytes; else for vpmaddubsw, with ls folded (FOLD) or applied by vpmaddwd */
+IQ1Q_X86_INLINE void iq1q_x86_operands_u(const __m256i u[4], __m256i ls16, __m256i neg16, iq1q_x86_half *o,
+                                         const int FOLD, const int DP) {
     const __m256i ls8 = _mm256_slli_epi16(ls16, 3);
     /* folding costs a multiply per operand, paid once for many activation rows; without it
      * vpmaddwd applies ls per row, and the row's operands need one more register */
     const __m256i mul = DP ? ls8 : ls16;
     o->ls = FOLD && !DP ? _mm256_set1_epi16(8) : ls8;
-    for (int p = 0; p < 4; ++p) {
-        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * p), three);
-        /* u <= 2 per byte, so a 16-bit multiply scales both bytes without carries */
-        o->t[p] = FOLD || DP ? _mm256_mullo_epi16(u, mul) : u;
-    }
-    uint16_t sb;
-    memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
-    const __m256i neg = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)sb), bit), bit);
-    o->c = _mm256_mullo_epi16(ls16, _mm256_add_epi16(_mm256_set1_epi16(-7),
-                                                     _mm256_and_si256(neg, _mm256_set1_epi16(-2))));
+    /* u <= 2 per byte, so a 16-bit multiply scales both bytes without carries */
+    for (int p = 0; p < 4; ++p) o->t[p] = FOLD || DP ? _mm256_mullo_epi16(u[p], mul) : u[p];
+    o->c = _mm256_mullo_epi16(ls16, _mm256_add_epi16(_mm256_set1_epi16(-7), _mm256_add_epi16(neg16, neg16)));
 }
 
 /* AVX2's expanded operands, for many activation rows: signed bytes w' = 8u - 8 + s (-9..9)
@@ -151,31 +142,62 @@ IQ1Q_X86_INLINE void iq1q_x86_operands(const uint8_t *tile, const iq1q_tile_layo
  * in lane r (the bias is -128 times its sum over a block: it depends on the weights alone).
  * Each step is counted: this runs once per half chunk for only M rows, and at M = 8 it was
  * a third of the time. */
-IQ1Q_X86_INLINE void iq1q_x86_biased_operands(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c,
-                                              int h, iq1q_x86_half *o) {
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
-    o->ls = iq1q_x86_ls16(tile, L, c, h);
-    uint16_t sb;
-    memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
-    /* per row lane r: -7, or -9 where s = -1 (bit 2r + i: group i = columns 8i..8i+7) */
-    const __m256i sbv = _mm256_set1_epi32(sb);
-    __m256i k[2];
-    for (int i = 0; i < 2; ++i) {
-        const __m256i b = _mm256_setr_epi32(1 << i, 4 << i, 16 << i, 64 << i, 256 << i, 1024 << i,
-                                            4096 << i, 16384 << i);
-        const __m256i neg = _mm256_cmpeq_epi32(_mm256_and_si256(sbv, b), b);
-        k[i] = _mm256_add_epi8(_mm256_set1_epi8(-7), _mm256_add_epi8(neg, neg));
-    }
-    /* 8u = (raw >> (2p - 3)) & 0x18: the 16-bit shift moves bits across the byte boundary
-     * only into bits the mask clears */
-    const __m256i eight_u = _mm256_set1_epi8(0x18);
-    o->t[0] = _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(raw, 3), eight_u), k[0]);
-    o->t[1] = _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(raw, 1), eight_u), k[0]);
-    o->t[2] = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 1), eight_u), k[1]);
-    o->t[3] = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(raw, 3), eight_u), k[1]);
+IQ1Q_X86_INLINE void iq1q_x86_biased_u(const __m256i u[4], __m256i ls16, __m256i neg16, iq1q_x86_half *o) {
+    o->ls = ls16;
+    /* per row lane r: -7, or -9 where s = -1 (group 2h: the lane's low int16, 2h + 1: high) */
+    const __m256i n0 = _mm256_srai_epi32(_mm256_slli_epi32(neg16, 16), 31), n1 = _mm256_srai_epi32(neg16, 31);
+    const __m256i k0 = _mm256_add_epi8(_mm256_set1_epi8(-7), _mm256_add_epi8(n0, n0));
+    const __m256i k1 = _mm256_add_epi8(_mm256_set1_epi8(-7), _mm256_add_epi8(n1, n1));
+    /* 8u <= 16: the 16-bit shift carries nothing across bytes */
+    o->t[0] = _mm256_add_epi8(_mm256_slli_epi16(u[0], 3), k0);
+    o->t[1] = _mm256_add_epi8(_mm256_slli_epi16(u[1], 3), k0);
+    o->t[2] = _mm256_add_epi8(_mm256_slli_epi16(u[2], 3), k1);
+    o->t[3] = _mm256_add_epi8(_mm256_slli_epi16(u[3], 3), k1);
     /* |w'| <= 9, so the sum of four stays inside a signed byte */
     const __m256i sum8 = _mm256_add_epi8(_mm256_add_epi8(o->t[0], o->t[1]), _mm256_add_epi8(o->t[2], o->t[3]));
     o->c = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), sum8), o->ls);
+}
+
+/* The levels, ls and signs of half h of chunk c of a decoded tile (a prepared tensor's) */
+IQ1Q_X86_INLINE void iq1q_x86_tile_half(const uint8_t *tile, const iq1q_tile_layout *L, int64_t c, int h,
+                                        __m256i u[4], __m256i *ls16, __m256i *neg16) {
+    const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+                                          8192, 16384, (short)32768);
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(tile + c * IQ1Q_TILE_CODES + 32 * h));
+    for (int p = 0; p < 4; ++p) u[p] = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * p), _mm256_set1_epi8(3));
+    *ls16 = iq1q_x86_ls16(tile, L, c, h);
+    uint16_t sb;
+    memcpy(&sb, tile + L->sneg + c * IQ1Q_TILE_SNEG + 2 * h, 2);
+    *neg16 = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)sb), bit), bit);
+}
+
+/* Half h of chunk c of a pass's 8 rows: from their decoded tile, or from the ggml bytes,
+ * whose chunk c g holds (iq1q_x86_ggml_chunk) */
+IQ1Q_X86_INLINE void iq1q_x86_half_ops(const iq1q_simd_tile *T, const iq1q_tile_layout *L, const iq1q_x86_ggml *g,
+                                       int64_t c, int h, iq1q_x86_half *o, const int FOLD, const int DP,
+                                       const int BIASED) {
+    __m256i u[4], ls16, neg16;
+    if (T->tile) {
+        iq1q_x86_tile_half(T->tile, L, c, h, u, &ls16, &neg16);
+    } else {
+        iq1q_x86_ggml_levels(g->ix[2 * h], &u[0], &u[1]);
+        iq1q_x86_ggml_levels(g->ix[2 * h + 1], &u[2], &u[3]);
+        ls16 = g->ls16[h];
+        neg16 = g->neg16[h];
+    }
+    if (BIASED) iq1q_x86_biased_u(u, ls16, neg16, o);
+    else iq1q_x86_operands_u(u, ls16, neg16, o, FOLD, DP);
+}
+
+/* what chunk c of the ggml bytes holds for the operands (nothing to do for a decoded tile) */
+IQ1Q_X86_INLINE void iq1q_x86_chunk_begin(const iq1q_simd_tile *T, int64_t c, iq1q_x86_ggml *g) {
+    if (!T->tile) iq1q_x86_ggml_chunk(T->wfmt, T->w, T->offs, c, g);
+}
+
+/* d / 8 of the 8 rows for span s */
+IQ1Q_X86_INLINE __m256 iq1q_x86_d(const iq1q_simd_tile *T, const iq1q_tile_layout *L, int64_t s) {
+    if (T->tile) return _mm256_loadu_ps((const float *)(T->tile + L->d) + s * IQ1Q_TILE_ROWS);
+    return iq1q_x86_ggml_d(T->wfmt, T->w, T->offs, s);
 }
 
 /* ---- the integer steps ------------------------------------------------------ */
@@ -236,7 +258,7 @@ IQ1Q_X86_INLINE __m256i iq1q_x86_half_corr(__m256i acc, const __m256i c, const i
 /* NM activation rows m..m+NM-1 over chunks [c0, c1) (whole activation blocks) of a tile;
  * f holds their float accumulators (8 rows each). The half-chunk operands come from ops
  * (expanded once for many activation rows), or, FUSED, are made on the spot (few rows). */
-IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile,
+IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const iq1q_simd_tile *T,
                                    const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
                                    int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
                                    const int FUSED) {
@@ -250,7 +272,10 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
     const int DP = IQ1Q_X86_VNNI && !(FUSED && NM == 1);
     const int SPLIT = DP && NM <= 2;
     const int nb = A->f.ablk / IQ1Q_TILE_CHUNK; /* chunks per activation block */
-    const float *dtile = (const float *)(tile + L->d);
+    const int per_span = IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK;
+    __m256 dw = _mm256_setzero_ps();
+    iq1q_x86_ggml g[2];
+    if (FUSED) iq1q_x86_chunk_begin(T, c0, &g[0]);
     const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM; /* slots per chunk */
     const uint8_t *q = A->qp + IQ1Q_TILE_CHUNK * first;
     const int16_t *b8 = A->b8 ? A->b8 + 4 * first : NULL;
@@ -266,16 +291,14 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
         for (int64_t c = cb; c < cb + nb; ++c) {
             const uint8_t *qc = q + IQ1Q_TILE_CHUNK * step * (size_t)c; /* row i at + 32 i */
             const int16_t *bc = b8 ? b8 + 4 * step * (size_t)c : NULL;
+            /* the next chunk's indices are stored a chunk ahead of their lookups */
+            if (FUSED && c + 1 < c1) iq1q_x86_chunk_begin(T, c + 1, &g[(c + 1 - c0) & 1]);
             for (int h = 0; h < 2; ++h) {
                 iq1q_x86_half here;
                 const iq1q_x86_half *o = ops + 2 * (c - c0) + h;
                 if (FUSED) {
-                    if (BIASED) {
-                        iq1q_x86_biased_operands(tile, L, c, h, &here);
-                        bias = _mm256_add_epi32(bias, here.c);
-                    } else {
-                        iq1q_x86_operands(tile, L, c, h, &here, 0, DP);
-                    }
+                    iq1q_x86_half_ops(T, L, &g[(c - c0) & 1], c, h, &here, 0, DP, BIASED);
+                    if (BIASED) bias = _mm256_add_epi32(bias, here.c);
                     o = &here;
                 }
                 if (HIST && c == cb && h == 0) cfirst = o->c;
@@ -297,7 +320,7 @@ IQ1Q_X86_INLINE void iq1q_x86_rows(const iq1q_x86_half *ops, const uint8_t *tile
         }
         if (BIASED) bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 7));
         /* the float accumulators live in memory (L1): registers are for the integer steps */
-        const __m256 dw = _mm256_loadu_ps(dtile + (cb / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS);
+        if (cb == c0 || cb % per_span == 0) dw = iq1q_x86_d(T, L, cb / per_span);
 #pragma GCC unroll 8
         for (int i = 0; i < NM; ++i) {
             const __m256i sum = _mm256_add_epi32(acc[0][i], acc[1][i]);
@@ -322,25 +345,30 @@ static inline __m512i iq1q_x86_bcast32x16(const void *p) {
 
 /* A pair's operands: both tiles' folded operands side by side. The historical kernel
  * reads the same ones, and of c only its first group. */
-IQ1Q_X86_INLINE void iq1q_x86_pair_operands(const uint8_t *tile, const uint8_t *tile2,
-                                            const iq1q_tile_layout *L, int64_t c, int h,
-                                            iq1q_simd_half *o) {
+IQ1Q_X86_INLINE void iq1q_x86_pair_operands(const iq1q_simd_tile *T, const iq1q_simd_tile *T2,
+                                            const iq1q_tile_layout *L, const iq1q_x86_ggml *g,
+                                            const iq1q_x86_ggml *g2, int64_t c, int h, iq1q_simd_half *o) {
     iq1q_x86_half a, b;
-    iq1q_x86_operands(tile, L, c, h, &a, 1, 1);
-    iq1q_x86_operands(tile2, L, c, h, &b, 1, 1);
+    iq1q_x86_half_ops(T, L, g, c, h, &a, 1, 1, 0);
+    iq1q_x86_half_ops(T2, L, g2, c, h, &b, 1, 1, 0);
     for (int p = 0; p < 4; ++p) o->t[p] = _mm512_inserti64x4(_mm512_castsi256_si512(a.t[p]), b.t[p], 1);
     o->c = _mm512_inserti64x4(_mm512_castsi256_si512(a.c), b.c, 1);
 }
 
 /* iq1q_x86_rows over a pair of tiles, both tiles' 16 rows in the lanes of 512-bit
  * registers: the same integers and the same float steps per lane. */
-IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const uint8_t *tile,
-                                        const uint8_t *tile2, const iq1q_tile_layout *L,
+IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const iq1q_simd_tile *T,
+                                        const iq1q_simd_tile *T2, const iq1q_tile_layout *L,
                                         const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1,
                                         float *f, const int NM, const int HIST, const int FUSED) {
     const int SPLIT = NM <= 2; /* as in iq1q_x86_rows */
-    const int nb = A->f.ablk / IQ1Q_TILE_CHUNK;
-    const float *d1 = (const float *)(tile + L->d), *d2 = (const float *)(tile2 + L->d);
+    const int nb = A->f.ablk / IQ1Q_TILE_CHUNK, per_span = IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK;
+    __m512 dw = _mm512_setzero_ps();
+    iq1q_x86_ggml g[2], g2[2];
+    if (FUSED) {
+        iq1q_x86_chunk_begin(T, c0, &g[0]);
+        iq1q_x86_chunk_begin(T2, c0, &g2[0]);
+    }
     const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM;
     const uint8_t *q = A->qp + IQ1Q_TILE_CHUNK * first;
     const int16_t *b8 = A->b8 ? A->b8 + 4 * first : NULL;
@@ -351,11 +379,15 @@ IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const uint8_t
         for (int64_t c = cb; c < cb + nb; ++c) {
             const uint8_t *qc = q + IQ1Q_TILE_CHUNK * step * (size_t)c;
             const int16_t *bc = b8 ? b8 + 4 * step * (size_t)c : NULL;
+            if (FUSED && c + 1 < c1) { /* a chunk ahead, as in iq1q_x86_rows */
+                iq1q_x86_chunk_begin(T, c + 1, &g[(c + 1 - c0) & 1]);
+                iq1q_x86_chunk_begin(T2, c + 1, &g2[(c + 1 - c0) & 1]);
+            }
             for (int h = 0; h < 2; ++h) {
                 iq1q_simd_half here;
                 const iq1q_simd_half *o = ops + 2 * (c - c0) + h;
                 if (FUSED) {
-                    iq1q_x86_pair_operands(tile, tile2, L, c, h, &here);
+                    iq1q_x86_pair_operands(T, T2, L, &g[(c - c0) & 1], &g2[(c - c0) & 1], c, h, &here);
                     o = &here;
                 }
                 if (HIST && c == cb && h == 0) cfirst = o->c;
@@ -372,9 +404,9 @@ IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const uint8_t
                 }
             }
         }
-        const size_t span = (size_t)(cb / (IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK)) * IQ1Q_TILE_ROWS;
-        const __m512 dw = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(d1 + span)),
-                                             _mm256_loadu_ps(d2 + span), 1);
+        if (cb == c0 || cb % per_span == 0)
+            dw = _mm512_insertf32x8(_mm512_castps256_ps512(iq1q_x86_d(T, L, cb / per_span)),
+                                    iq1q_x86_d(T2, L, cb / per_span), 1);
 #pragma GCC unroll 8
         for (int i = 0; i < NM; ++i) {
             __m512 fi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[0][i], acc[1][i])),
@@ -391,12 +423,104 @@ IQ1Q_X86_INLINE void iq1q_x86_pair_rows(const iq1q_simd_half *ops, const uint8_t
 
 #endif
 
+#if IQ1Q_X86_VNNI && defined(__AVX512F__)
+#define IQ1Q_X86_GGML_GEMV 1
+/* The GEMV path over the ggml bytes (AVX-512, at most IQ1Q_X86_NM activation rows): the
+ * levels of one group of 8 columns of the 8 rows are one 512-bit register as the lookups
+ * give them, row r in 64-bit lane r, so no shuffle moves them to a lane per row; scaled
+ * by 8 ls, vpdpbusd takes them against the group's 8 activation bytes broadcast to every
+ * lane and sums 4 columns in each 32-bit half; the two halves of a row are added once
+ * per activation block. The same exact integer I as iq1q_x86_rows (its correction too),
+ * then the same float steps: the same results. Against the rows-in-lanes operands of
+ * iq1q_x86_rows made from the same lookups: 4096 x 4096 iq1_s_r4 GEMV, Zen 4, 1.39 ->
+ * see the note of issue 21. f: the rows' float accumulators, fw floats apart. */
+IQ1Q_X86_INLINE void iq1q_x86_ggml_rows(const iq1q_simd_tile *T, const iq1q_tile_layout *L,
+                                        const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1, float *f,
+                                        const int fw, const int NM, const int HIST) {
+    /* vpdpbusd takes 4 cycles: one or two rows keep 4 or 2 chains, over the groups */
+    const int CH = NM == 1 ? 4 : NM == 2 ? 2 : 1;
+    const int nb = A->f.ablk / IQ1Q_TILE_CHUNK, per_span = IQ1Q_TILE_SPAN / IQ1Q_TILE_CHUNK;
+    const size_t first = iq1q_simd_slot(m, 0, L->nchunks), step = IQ1Q_SIMD_NM;
+    const uint8_t *q = A->qp + IQ1Q_TILE_CHUNK * first;
+    const int16_t *b8 = A->b8 ? A->b8 + 4 * first : NULL;
+    __m256 dw = _mm256_setzero_ps();
+    iq1q_x86_ggml g[2];
+    iq1q_x86_chunk_begin(T, c0, &g[0]);
+    for (int64_t cb = c0, blk = c0 / nb; cb < c1; cb += nb, ++blk) {
+        __m512i acc[4][IQ1Q_X86_NM];
+        __m256i corr[IQ1Q_X86_NM], cfirst = _mm256_setzero_si256();
+        for (int i = 0; i < NM; ++i) {
+            for (int k = 0; k < CH; ++k) acc[k][i] = _mm512_setzero_si512();
+            corr[i] = _mm256_setzero_si256();
+        }
+        for (int64_t c = cb; c < cb + nb; ++c) {
+            const uint8_t *qc = q + IQ1Q_TILE_CHUNK * step * (size_t)c; /* row i at + 32 i */
+            const int16_t *bc = b8 ? b8 + 4 * step * (size_t)c : NULL;
+            /* the next chunk's indices a chunk ahead, as in iq1q_x86_rows */
+            /* the next chunk's indices a chunk ahead (2 to 8 ahead measured the same) */
+            if (c + 1 < c1) iq1q_x86_chunk_begin(T, c + 1, &g[(c + 1 - c0) & 1]);
+            const iq1q_x86_ggml *gc = &g[(c - c0) & 1];
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; ++h) {
+                /* 8 ls of row r in every int16 of lane r */
+                const __m512i l2 = _mm512_cvtepu32_epi64(gc->ls16[h]);
+                const __m512i ls8 = _mm512_slli_epi16(_mm512_or_si512(l2, _mm512_slli_epi64(l2, 32)), 3);
+                const __m256i cv = _mm256_mullo_epi16(
+                    gc->ls16[h], _mm256_add_epi16(_mm256_set1_epi16(-7), _mm256_add_epi16(gc->neg16[h], gc->neg16[h])));
+                if (HIST && c == cb && h == 0) cfirst = cv;
+#pragma GCC unroll 2
+                for (int j = 0; j < 2; ++j) {
+                    const __m512i lv = iq1q_x86_ggml_levels8(gc->ix[2 * h + j]);
+                    /* 8 ls u <= 240 fits the unsigned byte; u <= 2 per byte, so the 16-bit
+                     * multiply carries nothing across bytes */
+                    const __m512i t = _mm512_mullo_epi16(lv, ls8);
+                    const int k = (2 * h + j) % CH; /* a constant: the accumulators stay in registers */
+#pragma GCC unroll 8
+                    for (int i = 0; i < NM; ++i) {
+                        int64_t qv;
+                        memcpy(&qv, qc + IQ1Q_TILE_CHUNK * i + 8 * (2 * h + j), 8);
+                        acc[k][i] = _mm512_dpbusd_epi32(acc[k][i], t, _mm512_set1_epi64(qv));
+                    }
+                }
+                if (!HIST)
+#pragma GCC unroll 8
+                    for (int i = 0; i < NM; ++i) corr[i] = IQ1Q_X86_DPWSSD(corr[i], cv, iq1q_x86_bcast32(bc + 4 * i + 2 * h));
+            }
+        }
+        if (cb == c0 || cb % per_span == 0) dw = iq1q_x86_d(T, L, cb / per_span);
+#pragma GCC unroll 8
+        for (int i = 0; i < NM; ++i) {
+            __m512i s = acc[0][i];
+            for (int k = 1; k < CH; ++k) s = _mm512_add_epi32(s, acc[k][i]);
+            /* the two halves of row r's lane, as iq1q_x86_rows has them in lane r */
+            const __m256i sum = _mm256_add_epi32(_mm512_cvtepi64_epi32(_mm512_add_epi64(s, _mm512_srli_epi64(s, 32))), corr[i]);
+            __m256 fi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(A->da[(m + i) * A->nblk + blk])),
+                                        _mm256_loadu_ps(f + fw * i));
+            if (HIST) { /* as in iq1q_x86_rows */
+                const __m256 fk = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(cfirst, 16), 16));
+                fi = _mm256_fmadd_ps(fk, _mm256_mul_ps(dw, _mm256_set1_ps(A->s[(m + i) * A->nblk + blk])), fi);
+            }
+            _mm256_storeu_ps(f + fw * i, fi);
+        }
+    }
+}
+#else
+#define IQ1Q_X86_GGML_GEMV 0
+#endif
+
 /* A pass: over a pair of tiles, or one (tile2 NULL: without pairs, or for one or two
  * rows, which always run fused). */
-IQ1Q_X86_INLINE void iq1q_x86_pass(const iq1q_simd_half *ops, const uint8_t *tile, const uint8_t *tile2,
-                                   const iq1q_tile_layout *L, const iq1q_simd_acts *A, int64_t m,
-                                   int64_t c0, int64_t c1, float *f, const int NM, const int HIST,
-                                   const int FUSED) {
+IQ1Q_X86_INLINE void iq1q_x86_pass(const iq1q_simd_half *ops, const iq1q_simd_tile *tile,
+                                   const iq1q_simd_tile *tile2, const iq1q_tile_layout *L,
+                                   const iq1q_simd_acts *A, int64_t m, int64_t c0, int64_t c1, float *f,
+                                   const int NM, const int HIST, const int FUSED) {
+#if IQ1Q_X86_GGML_GEMV
+    if (FUSED && !tile->tile) { /* the ggml bytes: one tile at a time, a pair's second beside */
+        iq1q_x86_ggml_rows(tile, L, A, m, c0, c1, f, tile2 ? 16 : 8, NM, HIST);
+        if (tile2) iq1q_x86_ggml_rows(tile2, L, A, m, c0, c1, f + 8, 16, NM, HIST);
+        return;
+    }
+#endif
 #if IQ1Q_X86_PAIR
     if (FUSED && NM <= 2 && !tile2) {
         iq1q_x86_rows(NULL, tile, L, A, m, c0, c1, f, NM, HIST, 1);
@@ -411,22 +535,34 @@ IQ1Q_X86_INLINE void iq1q_x86_pass(const iq1q_simd_half *ops, const uint8_t *til
 
 IQ1Q_SIMD_DEFINE_ROWS_N(iq1q_x86_pass)
 
-static void iq1q_simd_decode(int wfmt, const uint8_t *w, int64_t N, int64_t K, int64_t t, int64_t c0,
-                             int64_t c1, const iq1q_tile_layout *L, uint8_t *tile) {
-    iq1q_x86_decode(wfmt, w, N, K, t, c0, c1, L, tile);
-}
-
-static void iq1q_simd_expand(const uint8_t *tile, const uint8_t *tile2, const iq1q_tile_layout *L,
-                             int64_t c, int h, int hist, iq1q_simd_half *o) {
+static void iq1q_simd_expand(const iq1q_simd_tile *tile, const iq1q_simd_tile *tile2, const iq1q_tile_layout *L,
+                             int64_t c0, int64_t c1, int hist, iq1q_simd_half *ops) {
+    /* each chunk's indices a chunk ahead, as in iq1q_x86_rows */
+    iq1q_x86_ggml g[2];
+    iq1q_x86_chunk_begin(tile, c0, &g[0]);
 #if IQ1Q_X86_PAIR
     (void)hist;
-    iq1q_x86_pair_operands(tile, tile2, L, c, h, o);
+    iq1q_x86_ggml g2[2];
+    iq1q_x86_chunk_begin(tile2, c0, &g2[0]);
 #else
     (void)tile2;
     /* the historical kernel reads the folded operands and ignores their c */
-    if (IQ1Q_SIMD_BIASED_ROWS && !hist) iq1q_x86_biased_operands(tile, L, c, h, o);
-    else iq1q_x86_operands(tile, L, c, h, o, 1, IQ1Q_X86_VNNI);
+    const int biased = IQ1Q_SIMD_BIASED_ROWS && !hist;
 #endif
+    for (int64_t c = c0; c < c1; ++c) {
+        const int k = (int)((c - c0) & 1);
+        iq1q_simd_half *o = ops + 2 * (c - c0);
+        if (c + 1 < c1) iq1q_x86_chunk_begin(tile, c + 1, &g[k ^ 1]);
+#if IQ1Q_X86_PAIR
+        if (c + 1 < c1) iq1q_x86_chunk_begin(tile2, c + 1, &g2[k ^ 1]);
+        for (int h = 0; h < 2; ++h) iq1q_x86_pair_operands(tile, tile2, L, &g[k], &g2[k], c, h, o + h);
+#else
+        for (int h = 0; h < 2; ++h) {
+            if (biased) iq1q_x86_half_ops(tile, L, &g[k], c, h, o + h, 0, 0, 1);
+            else iq1q_x86_half_ops(tile, L, &g[k], c, h, o + h, 1, IQ1Q_X86_VNNI, 0);
+        }
+#endif
+    }
 }
 
 #endif /* IQ1Q_X86_H */
