@@ -99,7 +99,10 @@ def test_a_tensor_holds_its_ggml_bytes_alone_until_prepared(rng, backend):
     w = rng.standard_normal((1024, 4096)).astype(np.float32)
     x = rng.standard_normal((4, 4096)).astype(np.float32)
     for fmt in iq1q.WEIGHT_FORMATS:
-        tensors = [iq1q.quantize(w, fmt) for _ in range(8)]
+        W = iq1q.quantize(w, fmt)
+        # fresh copies of the bytes, resident before the matmuls (quantizing each anew took
+        # minutes under qemu)
+        tensors = [iq1q.QuantizedTensor.from_bytes(W.tobytes(), fmt, W.shape) for _ in range(8)]
         nbytes = sum(t.nbytes for t in tensors)
         iq1q.matmul(x, iq1q.quantize(w[:256], fmt), backend=backend)  # the call's own buffers, once
         start = rss()
