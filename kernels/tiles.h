@@ -1,13 +1,15 @@
 /* tiles.h: the operand layout the SIMD kernels read, and its decode from the
  * ggml bytes of every IQ1 weight format.
  *
- * Weights stay in their ggml bytes: nothing is kept beside them. Each call
- * decodes the 8-row tiles it works on, a panel of columns at a time, into a
+ * Weights stay in their ggml bytes: nothing is kept beside them unless a tensor
+ * is prepared (QuantizedTensor.prepare keeps all its tiles). The NEON kernels
+ * decode the 8-row tiles a call works on, a panel of columns at a time, into a
  * small scratch of its own (simd_gemm.h), where the operands are a shift and a
  * mask per 32 weights away and already sit where an int8 dot-product
- * instruction wants them. The decode is one table lookup per 8 weights (a
- * grid index is 11 bits; iq1q_grid_tile gives its 8 levels in the tile's bit
- * order), so one stream of the format's own bytes feeds every kernel.
+ * instruction wants them; x86 makes the same operands from the ggml bytes
+ * where it uses them (x86_ggml.h). The decode is one table lookup per 8 weights
+ * (a grid index is 11 bits; iq1q_grid_tile gives its 8 levels in the tile's
+ * bit order).
  *
  * Every IQ1 weight, for all four formats, is (docs/spec.md §6.5, §7.1)
  *     w = (d / 8) * ls * (8u - 8 + s),   u = g + 1 in {0, 1, 2},  s = +-1,
