@@ -1,8 +1,9 @@
 /* simd_gemm.h: the GEMM driver every SIMD kernel set shares (x86.h, neon.h):
- * the activation data a kernel reads besides the quants, the decode of the
- * weights' ggml bytes into tiles (tiles.h) as the work goes, the split of the
- * work over the worker pool, and the choice between the fused (few activation
- * rows) and the expanded (many rows) path. Only the integer steps are per ISA.
+ * the activation data a kernel reads besides the quants, the weights' rows a pass
+ * reads (their ggml bytes, or tiles (tiles.h) decoded from them as the work goes),
+ * the split of the work over the worker pool, and the choice between the fused
+ * (few activation rows) and the expanded (many rows) path. Only the integer steps
+ * and the reading of the ggml bytes are per ISA.
  *
  * The including header defines, before including this one,
  *   IQ1Q_SIMD_NM          activation rows per pass (a macro: the ISA code instantiates per count)
@@ -20,10 +21,12 @@
  * The work: tiles of 8 weight rows are dealt over the threads; the activation
  * rows go in blocks of IQ1Q_SIMD_MC, each over all of a task's tiles in turn, so
  * that a block's quants stay in L2 while the weights stream past (tiles outer:
- * Zen 5, AVX-512, hot, 4096 x 4096, M = 256: 7 % slower). A tile is decoded from
- * the ggml bytes a panel of IQ1Q_SIMD_KCH * 32 columns at a time into the task's
- * scratch, and used there at once: the weights are read in their own bytes, once
- * per block of activation rows, and nothing is kept after the call. With at most
+ * Zen 5, AVX-512, hot, 4096 x 4096, M = 256: 7 % slower). The weights are read in
+ * their own bytes, once per block of activation rows, and nothing is kept after the
+ * call: an ISA that reads them itself (IQ1Q_SIMD_READS_GGML, x86) gets their rows; for
+ * another (NEON) a tile is decoded a panel of IQ1Q_SIMD_KCH * 32 columns at a time into
+ * the task's scratch and used there at once; a prepared tensor's tiles are read as
+ * they are. With at most
  * IQ1Q_SIMD_NM activation rows the kernel makes each operand where it is used
  * (the GEMV path); with more, a panel of a tile (or of a pair of tiles,
  * IQ1Q_SIMD_PAIR, on both paths) is expanded once into an L1-sized scratch and
