@@ -458,7 +458,6 @@ IQ1Q_X86_INLINE void iq1q_x86_ggml_rows(const iq1q_simd_tile *T, const iq1q_tile
             const uint8_t *qc = q + IQ1Q_TILE_CHUNK * step * (size_t)c; /* row i at + 32 i */
             const int16_t *bc = b8 ? b8 + 4 * step * (size_t)c : NULL;
             /* the next chunk's indices a chunk ahead, as in iq1q_x86_rows */
-            /* the next chunk's indices a chunk ahead (2 to 8 ahead measured the same) */
             if (c + 1 < c1) iq1q_x86_chunk_begin(T, c + 1, &g[(c + 1 - c0) & 1]);
             const iq1q_x86_ggml *gc = &g[(c - c0) & 1];
 #pragma GCC unroll 2

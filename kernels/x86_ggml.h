@@ -329,7 +329,7 @@ IQ1Q_X86_DEC void iq1q_x86_ggml_levels(const uint16_t *ix, __m256i *lo, __m256i 
 #if defined(__AVX512F__)
 /* the 8 bytes of levels of rows 4k..4k+3 (indices ix), row r in 64-bit lane r % 4: loads
  * that broadcast and blends, which leave the shuffle units to the kernel (against
- * vmovq/vpinsrq inserts: 1.13 -> 0.97 ms for the GEMV above, near the host's noise; four
+ * vmovq/vpinsrq inserts: 1.13 -> 0.97 ms for the AVX-512 GEMV of x86.h, near the host's noise; four
  * indices per 64-bit load instead of one each: no faster) */
 IQ1Q_X86_DEC __m256i iq1q_x86_ggml_levels4(const uint16_t *ix) {
     const uint64_t *u = iq1q_grid_u8;
