@@ -42,7 +42,7 @@ q8_k: 1.6 1.6 1.3 1.3) with each line's two-thread scaling (t=1 ms / t=2 ms; 2 i
 Weights are cold by default, as in inference: each call uses the next of several copies of
 W totalling >= 128 MiB (--cold-mb MB; at most 4096 copies, as ikbench's), so they come from
 DRAM; --hot (same as --cold-mb 0) times one cache-hot copy. Activations stay hot. Every copy is multiplied once
-before timing, since a backend may repack a tensor on its first matmul. Timing, like
+before timing, since a backend may do one-time work on a tensor's first matmul. Timing, like
 ikbench: 2 warm-up calls, then the median of >= 20 calls (>= 7 at M >= 256) lasting >= 250 ms
 in all (--reps, --min-time-ms); a line stops after ~10 s once it has 3 calls. A line during
 which other processes used > 0.2 CPUs (/proc/stat) is re-timed up to 2 times (--quick: none)

@@ -51,8 +51,8 @@ def demo(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         quantized[fmt] = qw = quantize(w, fmt)
         dt = time.perf_counter() - t0
-        # a backend may prepare a tensor on its first matmul (the SIMD ones repack it):
-        # the first call's excess over a warm one, shown here, not in the matmul times below
+        # a backend may do one-time work on a tensor's first matmul (the built-in ones keep
+        # nothing): the first call's excess over a warm one, shown here, not in the times below
         first = _seconds(lambda: matmul(x, qw, overflow="ignore"), repeat=1)
         prep = first - _seconds(lambda: matmul(x, qw, overflow="ignore"))
         bpw = 8 * qw.nbytes / (n * k)
