@@ -12,13 +12,14 @@ thread count, the seconds of each part per chunk and its share of the whole:
   IQ1 matmuls      iq1q.matmul of the IQ1 layers, activation quantization excluded
   act. quantize    quantizing their activations to the 8-bit format
   other linears    non-IQ1 weights of the blocks (float32 numpy)
-  output head      logits: the head's rows dequantized slice by slice, the products, softcap,
-                   and each slice's share of the NLL (its largest logits and sums of exps)
+  output head      the head's log-sum-exp kernel (a Q8_0 head where the backend has one), or
+                   the logits slice by slice (products, softcap) and each slice's share of
+                   the NLL (its largest logits and sums of exps)
   NLL              combining the slices' shares
-  norms            RMS norms
-  RoPE             rotary embeddings
-  MLP activation   GELU / SiLU and the gate product
-  attention etc.   the rest of the blocks: scores, softmax, weighted values, residuals, reshapes
+  norms            RMS norms (native, on the pool)
+  RoPE             rotary embeddings (native, on the pool)
+  MLP activation   GELU / SiLU and the gate product (native, on the pool)
+  attention etc.   the rest of the blocks: attention (native, on the pool), residuals, reshapes
 
 The timers wrap module functions (a benchmark's liberty); their own cost is ~1 us a call.
 Without MODEL: Gemma 3 270M quantized as benchmarks/bench_model.py does.
@@ -91,6 +92,7 @@ def instrument(t: Timers) -> None:
 
     model.Linear.__call__ = linear
     model.Model.logit_map = t.wrap("output head", model.Model.logit_map)
+    model.Model.head_nll = t.wrap("output head", model.Model.head_nll)
     perplexity._nll = t.wrap("NLL", perplexity._nll)
 
 

@@ -23,6 +23,10 @@ WeightPacker = Callable[[int, np.ndarray, int, int, int], np.ndarray]
 # product(w, a_bytes, y, K, threads): y = X @ W.T as GemmKernel, for W stored in a ggml type
 # other than IQ1 (w its ggml bytes), X quantized to STORED_TYPES[type].
 StoredProduct = Callable[[np.ndarray, np.ndarray, np.ndarray, int, int], None]
+# nll(w, a_bytes, targets, out, K, threads): out[m] = logsumexp(z[m]) - z[m, targets[m]] in
+# float64 for the logits z = X @ W.T of a StoredProduct, without keeping z (a model's output
+# head under perplexity); targets int64 (M,), out float64 (M,).
+StoredNLL = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int], None]
 
 # ggml types of the other weights a model file carries (a token embedding, an output head)
 # that backends may multiply in their own bytes, and the activation format each one takes
@@ -42,6 +46,7 @@ class Backend:
     activation_quantizers: Mapping[str, ActivationQuantizer] = field(default_factory=dict, repr=False)
     weight_packers: Mapping[str, WeightPacker] = field(default_factory=dict, repr=False)
     stored_products: Mapping[str, StoredProduct] = field(default_factory=dict, repr=False)
+    stored_nlls: Mapping[str, StoredNLL] = field(default_factory=dict, repr=False)
     priority: int = 0
     is_available: Callable[[], bool] = field(default=_always, repr=False)  # e.g. a CPU feature check
     description: str = ""
@@ -55,9 +60,10 @@ class Backend:
             activation_format(a)
         for w in self.weight_packers:
             weight_format(w)
-        for t in self.stored_products:
-            if t not in STORED_TYPES:
-                raise ValueError(f"stored_products: {t!r} is not one of {', '.join(STORED_TYPES)}")
+        for what, types in (("stored_products", self.stored_products), ("stored_nlls", self.stored_nlls)):
+            for t in types:
+                if t not in STORED_TYPES:
+                    raise ValueError(f"{what}: {t!r} is not one of {', '.join(STORED_TYPES)}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 
 from . import plugins
-from .backend import ALL_PAIRS, STORED_TYPES, ActivationQuantizer, BackendInfo, GemmKernel, StoredProduct, WeightPacker
+from .backend import (ALL_PAIRS, STORED_TYPES, ActivationQuantizer, BackendInfo, GemmKernel, StoredNLL, StoredProduct,
+                      WeightPacker)
 from .formats import Format, activation_format, weight_format
 
 ENV_BACKEND = "IQ1Q_BACKEND"
@@ -120,12 +121,23 @@ def stored_product(ggml_type: str, backend: str | None = None) -> tuple[str, Sto
     """(serving backend's name, product) for weights stored as ggml_type (a key of
     STORED_TYPES), or None when no available backend multiplies them: the caller then
     dequantizes them to float."""
+    return _stored("stored_products", ggml_type, backend)
+
+
+def stored_nll(ggml_type: str, backend: str | None = None) -> tuple[str, StoredNLL] | None:
+    """(serving backend's name, nll) for an output head stored as ggml_type, or None when no
+    available backend computes the log-sum-exp in its own kernel: the caller then reduces
+    the products' logits itself."""
+    return _stored("stored_nlls", ggml_type, backend)
+
+
+def _stored(what: str, ggml_type: str, backend: str | None):
     if ggml_type not in STORED_TYPES:
         raise ValueError(f"unknown stored type {ggml_type!r}; known: {', '.join(STORED_TYPES)}")
-    key = _cache_key(backend, "stored", ggml_type)
+    key = _cache_key(backend, what, ggml_type)
     if key not in _routes:
-        _routes[key] = next(((b.name, b.backend.stored_products[ggml_type]) for b in _search_order(backend)
-                             if ggml_type in b.backend.stored_products), None)
+        _routes[key] = next(((b.name, getattr(b.backend, what)[ggml_type]) for b in _search_order(backend)
+                             if ggml_type in getattr(b.backend, what)), None)
     return _routes[key]
 
 

@@ -153,3 +153,157 @@ cdef int64_t _run_act_quantizer(iq1q_act_quantize_fn fn, int fmt, const float[:,
         if ntasks > 1:
             free(j.bad)
     return first
+
+
+# ---- the float work of a forward pass (kernels/float_ops.h), on the pool ----
+
+cdef extern from "float_ops.h" nogil:
+    enum:
+        IQ1Q_ACT_SILU
+        IQ1Q_ACT_GELU
+    float iq1q_expf(float x)
+    void iq1q_gated(int act, const float *g, const float *u, float *y, int64_t n)
+    void iq1q_rms_norm(const float *x, const float *w, float *y, int64_t r0, int64_t r1, int64_t n,
+                       double eps)
+    void iq1q_rope(const float *x, const float *cs, const float *sn, float *y, int64_t r0, int64_t r1,
+                   int64_t heads, int64_t d, int64_t n_rot, int neox)
+
+# the gated activations by name, as the model's metadata names them
+ACTIVATIONS = {"silu": IQ1Q_ACT_SILU, "gelu": IQ1Q_ACT_GELU}
+
+ctypedef struct _float_job:
+    int op  # 0 RMS norm, 1 gated activation, 2 RoPE
+    int act, neox
+    const float *x
+    const float *w  # norm weights; the gate's partner u; RoPE's cos
+    const float *s  # RoPE's sin
+    float *y
+    int64_t n, heads, d, n_rot, per_task, units
+    double eps
+
+
+cdef void _float_task(void *ctx, int64_t t) noexcept nogil:
+    cdef _float_job *j = <_float_job *>ctx
+    cdef int64_t lo = t * j.per_task
+    cdef int64_t hi = min(lo + j.per_task, j.units)
+    if j.op == 0:
+        iq1q_rms_norm(j.x, j.w, j.y, lo, hi, j.n, j.eps)
+    elif j.op == 1:
+        iq1q_gated(j.act, j.x + lo, j.w + lo, j.y + lo, hi - lo)
+    else:
+        iq1q_rope(j.x, j.w, j.s, j.y, lo, hi, j.heads, j.d, j.n_rot, j.neox)
+
+
+cdef void _run_float(_float_job *j, int64_t units, int64_t values_per_unit, int threads) noexcept nogil:
+    # at least 32k values a task: below that a thread costs more than it saves
+    cdef int64_t ntasks = _ntasks(units, threads, max(1, 32768 // max(1, values_per_unit)))
+    j.units, j.per_task = units, (units + ntasks - 1) // ntasks
+    pool_run(_float_task, j, (units + j.per_task - 1) // j.per_task, threads)
+
+
+def rms_norm(const float[:, ::1] x, const float[::1] w, float[:, ::1] y, double eps, int threads):
+    """y = x / sqrt(mean(x^2, row) + eps) * w for every row of x (y may be x)."""
+    _check_threads(threads)
+    if w.shape[0] != x.shape[1] or y.shape[0] != x.shape[0] or y.shape[1] != x.shape[1]:
+        raise ValueError(f"rms_norm: x {x.shape[0]} x {x.shape[1]}, w {w.shape[0]} and y "
+                         f"{y.shape[0]} x {y.shape[1]} do not match")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    cdef _float_job j
+    j.op, j.x, j.w, j.y, j.n, j.eps = 0, &x[0, 0], &w[0], &y[0, 0], x.shape[1], eps
+    with nogil:
+        _run_float(&j, x.shape[0], x.shape[1], threads)
+
+
+def gated(str activation, const float[::1] g, const float[::1] u, float[::1] y, int threads):
+    """y = act(g) * u elementwise, act 'silu' or 'gelu' (ggml's tanh form); y may be g or u."""
+    _check_threads(threads)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+    if u.shape[0] != g.shape[0] or y.shape[0] != g.shape[0]:
+        raise ValueError(f"gated: g, u and y have {g.shape[0]}, {u.shape[0]} and {y.shape[0]} values")
+    if g.shape[0] == 0:
+        return
+    cdef _float_job j
+    j.op, j.act, j.x, j.w, j.y = 1, ACTIVATIONS[activation], &g[0], &u[0], &y[0]
+    with nogil:
+        _run_float(&j, g.shape[0], 1, threads)
+
+
+def rope(const float[:, ::1] x, const float[:, ::1] cos, const float[:, ::1] sin, float[:, ::1] y,
+         int64_t heads, int64_t d, int64_t n_rot, bint neox, int threads):
+    """Rotary embedding: x and y (T, heads * d); the first n_rot values of each head rotated
+    by cos and sin (T, n_rot / 2), NEOX pairs (i, i + n_rot / 2) or else (2i, 2i + 1); the
+    rest copied. y may be x."""
+    _check_threads(threads)
+    if heads <= 0 or d <= 0 or n_rot < 0 or n_rot > d or n_rot % 2:
+        raise ValueError(f"rope: bad heads {heads}, head size {d} or rotated size {n_rot}")
+    cdef int64_t T = x.shape[0]
+    if x.shape[1] != heads * d or y.shape[0] != T or y.shape[1] != heads * d:
+        raise ValueError(f"rope: x {T} x {x.shape[1]} and y {y.shape[0]} x {y.shape[1]} are not "
+                         f"{T} x {heads} heads of {d}")
+    if cos.shape[0] != T or cos.shape[1] != n_rot // 2 or sin.shape[0] != T or sin.shape[1] != n_rot // 2:
+        raise ValueError(f"rope: tables of {cos.shape[0]} x {cos.shape[1]} and {sin.shape[0]} x "
+                         f"{sin.shape[1]}, expected {T} x {n_rot // 2}")
+    if T == 0:
+        return
+    cdef _float_job j
+    j.op, j.neox, j.x, j.y, j.heads, j.d, j.n_rot = 2, neox, &x[0, 0], &y[0, 0], heads, d, n_rot
+    j.w = &cos[0, 0] if n_rot else NULL
+    j.s = &sin[0, 0] if n_rot else NULL
+    with nogil:
+        _run_float(&j, T, heads * d, threads)
+
+
+# ---- causal self-attention of a block (kernels/attention.h), on the pool ----
+
+cdef extern from "attention.h" nogil:
+    enum:
+        IQ1Q_ATTN_ROWS
+        IQ1Q_ATTN_KEYS
+    ctypedef struct iq1q_attn_job:
+        const float *q
+        const float *kt
+        const float *v
+        const float *mask
+        float *o
+        int64_t T, Tp, n_head, n_kv, d, dv, blocks
+        float scale
+        int failed
+    void iq1q_attn_task(void *ctx, int64_t task)
+
+# the transposed keys' padding: attention() takes kt with a multiple of it as its last axis
+ATTENTION_KEYS = IQ1Q_ATTN_KEYS
+
+
+def attention(const float[:, :, ::1] q, const float[:, :, ::1] kt, const float[:, :, ::1] v,
+              const float[:, ::1] mask, float[:, :, ::1] o, float scale, int threads):
+    """Causal self-attention: o (T, n_head, dv) from queries q (T, n_head, d), keys
+    transposed kt (n_kv, d, Tp; zeros past T, Tp a multiple of ATTENTION_KEYS), values v
+    (T, n_kv, dv) and the additive mask (T, T), the scores scale * q . k + mask; query head h reads key/value head
+    h // (n_head / n_kv). A query sees only keys up to its own position (and the mask's)."""
+    _check_threads(threads)
+    cdef int64_t T = q.shape[0], n_head = q.shape[1], d = q.shape[2]
+    cdef int64_t n_kv = kt.shape[0], Tp = kt.shape[2], dv = v.shape[2]
+    if n_kv <= 0 or n_head % n_kv or kt.shape[1] != d or Tp < T or Tp % IQ1Q_ATTN_KEYS:
+        raise ValueError(f"attention: queries {T} x {n_head} x {d} and transposed keys {n_kv} x "
+                         f"{kt.shape[1]} x {Tp} do not match (heads a multiple of key heads, "
+                         f"keys padded to a multiple of {IQ1Q_ATTN_KEYS})")
+    if v.shape[0] != T or v.shape[1] != n_kv or mask.shape[0] != T or mask.shape[1] != T:
+        raise ValueError(f"attention: values {v.shape[0]} x {v.shape[1]} x {dv} or mask "
+                         f"{mask.shape[0]} x {mask.shape[1]} do not match {T} tokens, {n_kv} key heads")
+    if o.shape[0] != T or o.shape[1] != n_head or o.shape[2] != dv:
+        raise ValueError(f"attention: output {o.shape[0]} x {o.shape[1]} x {o.shape[2]}, expected "
+                         f"{T} x {n_head} x {dv}")
+    if T == 0 or n_head == 0 or dv == 0:
+        return
+    if d == 0:
+        raise ValueError("attention: heads of size 0")
+    cdef iq1q_attn_job j
+    j.q, j.kt, j.v, j.mask, j.o = &q[0, 0, 0], &kt[0, 0, 0], &v[0, 0, 0], &mask[0, 0], &o[0, 0, 0]
+    j.T, j.Tp, j.n_head, j.n_kv, j.d, j.dv = T, Tp, n_head, n_kv, d, dv
+    j.blocks, j.scale, j.failed = (T + IQ1Q_ATTN_ROWS - 1) // IQ1Q_ATTN_ROWS, scale, 0
+    with nogil:
+        pool_run(iq1q_attn_task, &j, n_head * j.blocks, threads)
+    if j.failed:
+        raise MemoryError("iq1q: no memory for the attention's scores")

@@ -26,6 +26,8 @@ cdef extern from "q8_0_gemm.h" nogil:
         IQ1Q_HAVE_Q8_0_GEMM
     int iq1q_q8_0_gemm(const uint8_t *w, int64_t N, int64_t K, const uint8_t *a, int64_t M, float *y,
                        int nthreads, iq1q_pool_run_fn run)
+    int iq1q_q8_0_nll(const uint8_t *w, int64_t N, int64_t K, const uint8_t *a, int64_t M,
+                      const int64_t *target, double *nll, int nthreads, iq1q_pool_run_fn run)
 
 # whether this module multiplies weights stored as ggml Q8_0 (kernels/q8_0_gemm.h)
 HAS_Q8_0_GEMM = bool(IQ1Q_HAVE_Q8_0_GEMM)
@@ -119,3 +121,35 @@ def q8_0_gemm(const uint8_t[::1] w, const uint8_t[::1] a, float[:, ::1] y, int64
         err = iq1q_q8_0_gemm(&w[0], N, K, &a[0], M, &y[0, 0], threads, pool_run)
     if err:
         raise MemoryError("iq1q: no memory for the Q8_0 product's scratch")
+
+
+def q8_0_nll(const uint8_t[::1] w, const uint8_t[::1] a, const int64_t[::1] targets, double[::1] nll,
+             int64_t K, int threads):
+    """nll[m] = logsumexp(z[m]) - z[m, targets[m]] for the logits z = X @ W.T (W: ggml Q8_0
+    rows, X: len(targets) rows of q8_0), without keeping z."""
+    if not HAS_Q8_0_GEMM:
+        raise NotImplementedError("this kernel module has no Q8_0 weight product (HAS_Q8_0_GEMM)")
+    cdef int64_t M = targets.shape[0]
+    _check_row_length(IQ1Q_Q8_0, K)
+    cdef size_t rs = _row_size(_info(IQ1Q_Q8_0), K)
+    if w.shape[0] % rs:
+        raise ValueError(f"Q8_0 weights of {w.shape[0]} bytes are not whole rows of {K} values")
+    cdef int64_t N = w.shape[0] // rs
+    _check_rows(IQ1Q_Q8_0, N, K, w.shape[0], 0, N, False)
+    _check_rows(IQ1Q_Q8_0, M, K, a.shape[0], 0, M, False)
+    _check_threads(threads)
+    if nll.shape[0] != M:
+        raise ValueError(f"{M} targets but room for {nll.shape[0]} results")
+    if N == 0:
+        raise ValueError("a log-sum-exp over no weight rows")
+    cdef int64_t m
+    for m in range(M):
+        if not 0 <= targets[m] < N:
+            raise ValueError(f"target {targets[m]} of row {m} is not in [0, {N})")
+    if M == 0:
+        return
+    cdef int err
+    with nogil:
+        err = iq1q_q8_0_nll(&w[0], N, K, &a[0], M, &targets[0], &nll[0], threads, pool_run)
+    if err:
+        raise MemoryError("iq1q: no memory for the Q8_0 log-sum-exp's scratch")

@@ -74,3 +74,42 @@ def test_q8_0_product_checks_its_buffers(mod, change, message):
                 threads=1) | change
     with pytest.raises(ValueError, match=message):
         mod.q8_0_gemm(args["w"], args["a"], args["y"], args["K"], args["threads"])
+
+
+def nll64(z, targets):
+    top = z.max(axis=1)
+    return np.log(np.exp(z - top[:, None]).sum(axis=1)) + top - z[np.arange(len(z)), targets]
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("N,K,M", [(1, 32, 1), (37, 96, 13), (1100, 64, 6), (2080, 640, 5), (5000, 32, 9)])
+def test_q8_0_nll_is_the_float64_log_softmax(mod, rng, N, K, M):
+    """Sizes past a tile (32 rows) and a slice (1024); large logits, so that exps overflow
+    unless shifted; every target column, first and last included."""
+    w, a = q8_0_rows(rng, N, K), q8_0_rows(rng, M, K, scale=30.0)
+    z = oracle(w, a, N, M, K)
+    targets = rng.integers(0, N, M)
+    targets[0], targets[-1] = 0, N - 1
+    want = nll64(z, targets)
+    out = np.full(M, np.nan)
+    mod.q8_0_nll(w, a, targets, out, K, 1)
+    # float32 logits (as the product's) and float32 sums of exps per slice of 1024
+    np.testing.assert_allclose(out, want, rtol=2e-6, atol=2e-6 * np.abs(z).max() * (K // 32) + 1e-5)
+    for threads in (2, 3):
+        again = np.full(M, np.nan)
+        mod.q8_0_nll(w, a, targets, again, K, threads)
+        assert np.array_equal(again, out)
+
+
+@pytest.mark.parametrize("mod", MODULES, ids=lambda m: m.__name__)
+def test_q8_0_nll_checks_its_input(mod, rng):
+    w, a = q8_0_rows(rng, 40, 64), q8_0_rows(rng, 3, 64)
+    out = np.empty(3)
+    with pytest.raises(ValueError, match="target 40 of row 1 is not in"):
+        mod.q8_0_nll(w, a, np.array([0, 40, 1]), out, 64, 1)
+    with pytest.raises(ValueError, match="not whole rows"):
+        mod.q8_0_nll(w[:-1], a, np.array([0, 1, 2]), out, 64, 1)
+    with pytest.raises(ValueError, match="room for 2"):
+        mod.q8_0_nll(w, a, np.array([0, 1, 2]), out[:2], 64, 1)
+    with pytest.raises(ValueError, match="row length 48"):
+        mod.q8_0_nll(w, a, np.array([0, 1, 2]), out, 48, 1)

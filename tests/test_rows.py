@@ -144,4 +144,60 @@ def test_running_log_sum_exp_over_slices_equals_a_whole_softmax(tmp_path, monkey
     monkeypatch.setattr(rows, "SLICE_ROWS", 3)
     c = chunks(ids[1:], 10, ids[0])[0]
     got = perplexity._nll(model, model.hidden(c.tokens)[:-1], c.tokens[1:], None)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # the head's own kernel, where there is one
+    monkeypatch.setattr(registry, "stored_nll", lambda kind, backend=None: None)
+    got = perplexity._nll(model, model.hidden(c.tokens)[:-1], c.tokens[1:], None)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # the slices
+
+
+class NLLRecorder:
+    """A throw-away plugin that serves the Q8_0 head's log-sum-exp in float64 from the bytes."""
+
+    name = "nll-recorder"
+
+    def __init__(self):
+        self.calls = []
+
+    def nll(self, w, a, targets, out, K, threads):
+        self.calls.append((len(targets), threads))
+        nb = K // 32
+        wd, wq = _q8_0_parts(w, nb)
+        ad, aq = _q8_0_parts(a, nb)
+        z = np.einsum("mb,nb,mbi,nbi->mn", ad, wd, aq, wq)
+        top = z.max(axis=1)
+        out[:] = np.log(np.exp(z - top[:, None]).sum(axis=1)) + top - z[np.arange(len(targets)), targets]
+
+    @iq1q.hookimpl
+    def iq1q_register_backends(self, register):
+        register(iq1q.Backend(self.name, stored_nlls={"Q8_0": self.nll}, priority=1000))
+
+
+def test_the_head_log_sum_exp_goes_to_the_backend_that_serves_it(tmp_path):
+    """A plugin's Q8_0 log-sum-exp gets the head's bytes, the hidden states quantized to q8_0
+    and the targets, and its NLLs are the run's; NaN input does not go there (the slices
+    carry it); a bad stored type is named."""
+    import gguf_models
+
+    path = tmp_path / "m.gguf"
+    gguf_models.tiny_llama(path, n_vocab=8, qtype=T.Q8_0, output=True)
+    model = load(path, threads=2)
+    h = model.hidden([1, 5, 2, 7, 3])
+    targets = np.array([5, 2, 7, 3])
+    rec = NLLRecorder()
+    plugins.pm.register(rec, name="test-nll-recorder")
+    try:
+        assert registry.stored_nll("Q8_0")[0] == "nll-recorder"
+        got = perplexity._nll(model, h[:-1], targets, None)
+        assert rec.calls == [(4, 2)]
+        z = Linear("x", model.output._rows)(h[:-1], "auto", 1, None).astype(np.float64)  # via q8_0 too
+        want = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1) - z[np.arange(4), targets]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        bad = h[:-1].copy()
+        bad[0, 0] = np.nan
+        assert np.isnan(perplexity._nll(model, bad, targets, None)[0]) and len(rec.calls) == 1
+    finally:
+        plugins.pm.unregister(rec)
+    with pytest.raises(ValueError, match="stored_nlls: 'Q4_K' is not one of Q8_0"):
+        iq1q.Backend("bad", stored_nlls={"Q4_K": print})
+    with pytest.raises(ValueError, match="unknown stored type 'F16'"):
+        registry.stored_nll("F16")

@@ -54,4 +54,5 @@ def simd_backend(name: str, module: str, features: tuple[str, ...], priority: in
         activation_quantizers=activation_quantizers(mod),
         weight_packers={w: partial(_packer, mod) for w in WEIGHT_FORMATS},
         stored_products={"Q8_0": mod.q8_0_gemm} if mod.HAS_Q8_0_GEMM else {},
+        stored_nlls={"Q8_0": mod.q8_0_nll} if mod.HAS_Q8_0_GEMM else {},
     )

@@ -259,7 +259,7 @@ class _Run:
         if m.shared is not None:
             self.stage(layer, [m.shared["gate"].name, m.shared["up"].name], hs)
             S = m.shared
-            fs = [m.act(S["gate"](h, act, th, None)) * S["up"](h, act, th, None) for h in hs]
+            fs = [m.act(S["gate"](h, act, th, None), S["up"](h, act, th, None), th) for h in hs]
             self.stage(layer, [S["down"].name], fs)
             del fs
         routed = []
@@ -272,7 +272,7 @@ class _Run:
             xs = [h[(top == e).any(axis=1)] for h, top in zip(hs, routed)]  # each token at most once
             self.stage(layer, [G.name, U.name], xs)
             G, U = m.experts["gate"][e], m.experts["up"][e]  # quantized now
-            fs = [m.act(G(x, act, th, None)) * U(x, act, th, None) for x in xs]
+            fs = [m.act(G(x, act, th, None), U(x, act, th, None), th) for x in xs]
             self.stage(layer, [D.name], fs)
 
     def tensors(self) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""A numpy float32 forward pass of GGUF models over iq1q.matmul: `llama`, `gemma3`, `qwen3`,
+"""A float32 forward pass of GGUF models over iq1q.matmul: `llama`, `gemma3`, `qwen3`,
 `qwen3moe` and `deepseek2` (mixtures of experts: iq1q.models.moe; DeepSeek's multi-head latent
 attention: iq1q.models.mla).
 
@@ -9,9 +9,10 @@ attention: iq1q.models.mla).
 Every 2-D linear layer whose weight is an IQ1 tensor is an `iq1q.matmul` with the chosen
 activation format. Block weights of other types are float32 arrays; the token embedding and
 an output head of another type stay in the file's bytes (iq1q.models.rows: a Q8_0 head is
-multiplied as ggml does, its input quantized to q8_0). The float work is split over the
-run's threads (iq1q.models.parallel). The hyper-parameters come from the GGUF metadata (`{arch}.*` keys, as llama.cpp
-reads them); what llama.cpp fixes per architecture instead of reading it (Gemma 3's
+multiplied as ggml does, its input quantized to q8_0). Norms, RoPE, the MLP activations and
+attention run natively on iq1q's pool (iq1q.models.ops); products with float weights are
+split over the run's threads (iq1q.models.parallel). The hyper-parameters come from the
+GGUF metadata (`{arch}.*` keys, as llama.cpp reads them); what llama.cpp fixes per architecture instead of reading it (Gemma 3's
 5-local-1-global layer pattern and its local RoPE base, the embedding scale, the GELU MLP,
 the extra norms, Qwen3-MoE's routing) is in ARCHITECTURES, the one place for such facts.
 """
@@ -22,6 +23,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,6 +31,7 @@ import numpy as np
 from ..formats import WEIGHT_FORMATS
 from ..gemm import matmul
 from ..tensors import QuantizedTensor
+from . import ops
 from .errors import ModelError
 from .mla import MLA, MLAConfig, kq_scale
 from .moe import MoE, MoEConfig, matrix_name
@@ -37,8 +40,6 @@ from .rows import RowMatrix
 
 Hook = Callable[[str, np.ndarray], None]
 R = TypeVar("R")
-
-QUERY_ROWS = 64  # queries per piece of attention work
 
 
 @dataclass(frozen=True)
@@ -185,26 +186,14 @@ class Config:
                    yarn, rope_mscale, moe, mla)
 
 
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, threads: int | None = None) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis (the mean in float64, as ggml)."""
-    ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-    return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * w
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:  # the tanh approximation, ggml_gelu's
-    return 0.5 * x * (1.0 + np.tanh(np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)))
-
-
-def _silu(x: np.ndarray) -> np.ndarray:
-    return x / (1.0 + np.exp(-x))
-
-
-_ACTIVATIONS = {"gelu": _gelu, "silu": _silu}
+    return ops.rms_norm(x, w, eps, threads)
 
 
 def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, neox: bool,
          freq_factors: np.ndarray | None = None, yarn: Yarn | None = None, mscale: float = 1.0,
-         cache: dict | None = None) -> np.ndarray:
+         cache: dict | None = None, threads: int | None = None) -> np.ndarray:
     """Rotary embedding of x (T, heads, d) at positions pos (T,), first n_rot dims of each head;
     with yarn, each pair's angle mixes the scaled and the unscaled one; cos and sin times mscale.
     cache: a dict for the cos/sin tables of these positions (Positions.rope_tables), which
@@ -220,22 +209,10 @@ def rope(x: np.ndarray, pos: np.ndarray, n_rot: int, base: float, scale: float, 
         if yarn is not None:
             keep = yarn.ramp(n_rot, base)
             theta = theta * (yarn.freq_scale * (1.0 - keep) + keep)
-        tables = ((np.cos(theta) * mscale).astype(np.float32)[:, None, :],
-                  (np.sin(theta) * mscale).astype(np.float32)[:, None, :])
+        tables = ((np.cos(theta) * mscale).astype(np.float32), (np.sin(theta) * mscale).astype(np.float32))
         if cache is not None:
             cache[key] = tables
-    cos, sin = tables
-    out = np.empty_like(x)
-    if neox:
-        a, b, lo, hi = x[..., :half], x[..., half:n_rot], out[..., :half], out[..., half:n_rot]
-    else:
-        a, b, lo, hi = x[..., 0:n_rot:2], x[..., 1:n_rot:2], out[..., 0:n_rot:2], out[..., 1:n_rot:2]
-    np.multiply(a, cos, out=lo)
-    lo -= b * sin
-    np.multiply(a, sin, out=hi)
-    hi += b * cos
-    out[..., n_rot:] = x[..., n_rot:]
-    return out
+    return ops.rope(x, *tables, n_rot, neox, threads)
 
 
 class Linear:
@@ -385,7 +362,7 @@ class Model:
         if c.moe is None and "blk.0.ffn_gate_inp.weight" in tensors:
             raise ModelError(f"mixture-of-experts {c.arch!r} models (ffn_gate_inp) are not supported "
                              f"(supported for: {', '.join(a for a, f in ARCHITECTURES.items() if f.moe)})")
-        act = _ACTIVATIONS[c.facts.activation]
+        act = partial(ops.gated, c.facts.activation)  # the experts' act(gate, up, threads)
 
         def stored(name: str):
             """The tensor as the file stores it, when that is not IQ1 (read in its own bytes);
@@ -557,7 +534,7 @@ class Model:
         if layer.mla is not None:
             def rot(t: np.ndarray) -> np.ndarray:
                 return rope(t, where.pos, c.n_rot, c.rope_base, c.rope_scale, c.facts.rope_neox, self.rope_freqs,
-                            c.yarn, c.rope_mscale, where.rope_tables)
+                            c.yarn, c.rope_mscale, where.rope_tables, th)
 
             return layer.mla(h, where.causal, rot, self._norm, c.attn_scale, act, th, hook)
         sliding = c.swa_layers[il]
@@ -569,31 +546,12 @@ class Model:
         v = L["v"](h, act, th, hook).reshape(T, c.n_head_kv, c.value_dim)
         if c.facts.qk_norm:
             q, k = self._norm(q, N["q"]), self._norm(k, N["k"])
-        q = rope(q, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, yarn, mscale, where.rope_tables)
-        k = rope(k, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, yarn, mscale, where.rope_tables)
-        # grouped-query attention: q head j reads kv head j // group, as ggml broadcasts.
-        # Work in pieces of QUERY_ROWS queries of one KV head, on the run's threads; a
-        # piece's scores take group * QUERY_ROWS * T floats, and it reads only the keys up
-        # to its last query (the later ones are masked: half the causal work skipped)
-        group = c.n_head // c.n_head_kv
-        qg = (q * np.float32(c.attn_scale)).transpose(1, 0, 2).reshape(c.n_head_kv, group, T, c.head_dim)
-        mask = where.swa_mask if sliding else where.causal
-        o = np.empty((T, c.n_head_kv, group, c.value_dim), np.float32)
-
-        def piece(job: tuple[int, int]) -> None:
-            j, r0 = job
-            r1 = min(r0 + QUERY_ROWS, T)
-            n = r1 - r0
-            # the group's queries as the rows of one product (a larger GEMM than one per head)
-            s = qg[j, :, r0:r1].reshape(group * n, c.head_dim) @ k[:r1, j].T  # (group * n, r1)
-            s.reshape(group, n, r1)[:] += mask[r0:r1, :r1]
-            s -= s.max(axis=-1, keepdims=True)
-            np.exp(s, out=s)
-            s /= s.sum(axis=-1, keepdims=True)
-            o[r0:r1, j] = (s @ v[:r1, j]).reshape(group, n, c.value_dim).transpose(1, 0, 2)
-
-        pmap(piece, [(j, r0) for j in range(c.n_head_kv) for r0 in range(0, T, QUERY_ROWS)], th)
-        return np.ascontiguousarray(o.reshape(T, c.n_head * c.value_dim))
+        q, k = (rope(t, where.pos, c.n_rot, base, scale, c.facts.rope_neox, self.rope_freqs, yarn, mscale,
+                     where.rope_tables, th) for t in (q, k))
+        # grouped-query attention (query head h reads key/value head h // group, as ggml
+        # broadcasts), natively on the pool
+        o = ops.attention(q, k, v, where.swa_mask if sliding else where.causal, c.attn_scale, th)
+        return o.reshape(T, c.n_head * c.value_dim)
 
     def attention_residual(self, il: int, x: np.ndarray, a: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """x plus the attention output projected by attn_output (and normed, Gemma 3)."""
@@ -614,14 +572,12 @@ class Model:
         L, act, th = self.layers[il].lin, self.activation, self.threads
         return self._activate(L["gate"](h, act, th, hook), L["up"](h, act, th, hook))
 
-    # Norms and activations stay on the calling thread: handing row blocks of a 0.3 ms norm
-    # to Python threads made them slower on 2 threads (Gemma 3 270M: 0.09 -> 0.15 s a chunk)
     def _norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return rms_norm(x, w, self.config.eps)
+        return rms_norm(x, w, self.config.eps, self.threads)
 
     def _activate(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-        """act(gate) * up, the gated MLP's hidden state."""
-        return _ACTIVATIONS[self.config.facts.activation](gate) * up
+        """act(gate) * up, the gated MLP's hidden state (in gate's buffer)."""
+        return ops.gated(self.config.facts.activation, gate, up, self.threads, out=gate)
 
     def ffn_residual(self, il: int, x: np.ndarray, f: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """x plus the MLP's output, projected by ffn_down (and normed, Gemma 3)."""
@@ -649,6 +605,19 @@ class Model:
                 hook(self.output.name, x)
             piece = self.output.product(x, self.activation, self.threads, exact=self.float_head)
             return pmap(one, self.output.ranges(), self.threads)
+
+    def head_nll(self, hidden: np.ndarray, targets: np.ndarray, hook: Hook | None = None) -> np.ndarray | None:
+        """-log softmax(logits)[target] per row of hidden (rows, n_embd), float64, where the
+        head's stored type has a log-sum-exp kernel (iq1q.models.rows.RowMatrix.nll): the
+        logits are never kept. None where it has not (an IQ1 or float head, a softcap, NaN)."""
+        rows = self.output._rows
+        if rows is None or self.float_head or self.config.final_softcap:
+            return None
+        x = np.ascontiguousarray(hidden, dtype=np.float32)
+        out = rows.nll(x, targets, self.threads)
+        if out is not None and hook is not None:
+            hook(self.output.name, x)
+        return out
 
     def logits(self, hidden: np.ndarray, hook: Hook | None = None) -> np.ndarray:
         """The output head on final hidden states (rows, n_embd) -> (rows, n_vocab)."""

@@ -126,8 +126,9 @@ class MoE:
 
     def __init__(self, config: MoEConfig, router_name: str, router: np.ndarray, bias: np.ndarray | None,
                  experts: Mapping[str, list], shared: Mapping[str, Any] | None,
-                 act: Callable[[np.ndarray], np.ndarray]):
-        """experts: "gate", "up", "down" -> a Linear per expert; shared: "gate", "up", "down" -> Linear, or None.
+                 act: Callable[[np.ndarray, np.ndarray, int | None], np.ndarray]):
+        """experts: "gate", "up", "down" -> a Linear per expert; shared: "gate", "up", "down" -> Linear, or None;
+        act(gate, up, threads): the gated MLP's hidden state.
         The router's input reaches the hook under router_name, as llama-imatrix records it."""
         self.config, self.router_name, self.router, self.bias = config, router_name, router, bias
         self.experts, self.shared, self.act = experts, shared, act
@@ -154,12 +155,12 @@ class MoE:
             sel = pairs[bounds[e]:bounds[e + 1]]
             rows = sel // top.shape[1]  # each token at most once per expert
             x = h[rows]
-            f = self.act(G[e](x, activation, threads, hook)) * U[e](x, activation, threads, hook)
+            f = self.act(G[e](x, activation, threads, hook), U[e](x, activation, threads, hook), threads)
             y = D[e](f, activation, threads, hook)
             if len(rows):
                 out[rows] += y * w.reshape(-1)[sel, None]
         if self.shared is not None:
             S = self.shared
-            f = self.act(S["gate"](h, activation, threads, hook)) * S["up"](h, activation, threads, hook)
+            f = self.act(S["gate"](h, activation, threads, hook), S["up"](h, activation, threads, hook), threads)
             out += S["down"](f, activation, threads, hook)
         return out

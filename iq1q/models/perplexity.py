@@ -69,9 +69,13 @@ class Stats:
 
 
 def _nll(model: Model, hidden: np.ndarray, targets: np.ndarray, hook) -> np.ndarray:
-    """-log softmax(logits)[target] per row, with the head a slice of the vocabulary at a
-    time (on the run's threads): each slice's largest logit and sum of exp(logit - largest)
-    per row, combined at the end, so that no row's whole logits are ever held."""
+    """-log softmax(logits)[target] per row: in the head's own kernel where its backend has
+    one (Model.head_nll), else with the head a slice of the vocabulary at a time (on the
+    run's threads): each slice's largest logit and sum of exp(logit - largest) per row,
+    combined at the end, so that no row's whole logits are ever held."""
+    fused = model.head_nll(hidden, targets, hook)  # the head's own kernel, where it has one
+    if fused is not None:
+        return fused
     n = len(targets)
     picked = np.empty(n, np.float64)
 

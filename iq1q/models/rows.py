@@ -24,6 +24,7 @@ from .. import registry
 from ..backend import STORED_TYPES
 from ..gemm import quantize_activations
 from ..tensors import QuantizedActivations, QuantizedTensor
+from ..threads import num_threads
 
 # rows dequantized at a time, and a piece of a product that one thread computes: 2.5 MiB
 # of floats at 640 columns, which stay in cache while x meets them (Gemma 3 270M's float32
@@ -94,6 +95,23 @@ class RowMatrix:
             product(m.data[r0 * rb:r1 * rb], a, y, self.shape[1], 1)
             return y
         return piece
+
+    def nll(self, x: np.ndarray, targets: np.ndarray, threads: int | None = None) -> np.ndarray | None:
+        """-log softmax(x @ M.T)[m, targets[m]] per row m, in float64, by the kernel of the
+        backend that serves this type's log-sum-exp (x quantized as product() quantizes it),
+        the logits never kept; None when no backend does, or x is not finite: the caller then
+        reduces product()'s logits itself."""
+        kind = getattr(self.matrix, "type_name", None)
+        if kind not in STORED_TYPES or not np.isfinite(x).all():
+            return None
+        found = registry.stored_nll(kind)
+        if found is None:
+            return None
+        xq = quantize_activations(x, STORED_TYPES[kind], threads=threads)
+        out = np.empty(x.shape[0], np.float64)
+        found[1](self.matrix.data, xq.data, np.ascontiguousarray(targets, np.int64), out, self.shape[1],
+                 num_threads(threads))
+        return out
 
     def take(self, ids: np.ndarray) -> np.ndarray:
         """The rows of ids (any order, repeats allowed) as float32, (len(ids), K)."""
