@@ -49,6 +49,7 @@ static inline float iq1q_expf(float x) {
  * always-inlined helpers only: no ABI to keep (setup.py: -Wno-psabi). */
 typedef float iq1q_v16 __attribute__((vector_size(64), aligned(4)));
 typedef int32_t iq1q_vi16 __attribute__((vector_size(64), aligned(4)));
+typedef uint32_t iq1q_vu16 __attribute__((vector_size(64), aligned(4)));
 
 static inline __attribute__((always_inline)) iq1q_v16 iq1q_v16_load(const float *p) {
     iq1q_v16 v;
@@ -75,10 +76,9 @@ static inline __attribute__((always_inline)) iq1q_v16 iq1q_exp16(iq1q_v16 x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    const iq1q_vi16 scale = ((iq1q_vi16)t - 0x4B400000 + 127) << 23;
+    const iq1q_vu16 scale = ((iq1q_vu16)t - 0x4B400000u + 127u) << 23; /* 2^n, unsigned: NaN's bits too */
     return iq1q_v16_select(under, (iq1q_v16){0}, p * (iq1q_v16)scale);
 }
-
 
 /* y[i] = act(g[i]) * u[i] for i in [0, n). Both activations are x * sigmoid(z):
  * SiLU z = x; GELU (ggml's tanh form) 0.5 (1 + tanh(u)) = sigmoid(2u),

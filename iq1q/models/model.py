@@ -242,10 +242,15 @@ class Linear:
             return self._rows.product(x, threads, exact)
 
         def whole(r0: int, r1: int) -> np.ndarray:
-            if not np.isfinite(x).all():  # NaN from an earlier layer: propagate it, as ggml does
+            try:
+                # overflow="ignore": a perplexity run must show what the kernels do (the NaNs of
+                # ik_llama.cpp before PR #194)
+                return matmul(x, self.weight, activation=activation, threads=threads, overflow="ignore")
+            except ValueError:  # the activation quantizer found NaN or Inf (or it is another error)
+                if np.isfinite(x).all():
+                    raise
+                # NaN from an earlier layer: propagate it, as ggml does
                 return np.full((x.shape[0], self.shape[0]), np.nan, np.float32)
-            # overflow="ignore": a perplexity run must show what the kernels do (the NaNs of ik_llama.cpp before PR #194)
-            return matmul(x, self.weight, activation=activation, threads=threads, overflow="ignore")
         return whole
 
     def __call__(self, x: np.ndarray, activation: str, threads: int | None, hook: Hook | None) -> np.ndarray:

@@ -47,16 +47,21 @@ class Stats:
         self.overflow_blocks = 0
         self.overflow_by_layer: dict[str, int] = {}
         self.max_abs, self.max_layer = 0.0, ""
+        self._last, self._last_max, self._last_overflow = None, 0.0, None  # the last array seen
 
     def __call__(self, name: str, x: np.ndarray) -> None:
         if not x.size:  # an expert no token was routed to
             return
-        m = float(np.max(np.abs(x)))
+        if x is not self._last:  # q, k and v (gate and up) see the same array: scan it once
+            self._last, self._last_max, self._last_overflow = x, float(np.max(np.abs(x))), None
+        m = self._last_max
         # a NaN is kept once seen, so that a NaN run names the layer where it began
         if not math.isnan(self.max_abs) and (math.isnan(m) or m > self.max_abs):
             self.max_abs, self.max_layer = m, layer_name(name)
-        if self.fp16 and name in self.quantized and np.isfinite(x).all():
-            n = hazards.scan(np.ascontiguousarray(x, np.float32), self.fp16).overflow_blocks
+        if self.fp16 and name in self.quantized and not math.isnan(m) and not math.isinf(m):
+            if self._last_overflow is None:
+                self._last_overflow = hazards.scan(np.ascontiguousarray(x, np.float32), self.fp16).overflow_blocks
+            n = self._last_overflow
             if n:
                 self.overflow_blocks += n
                 key = layer_name(name)
