@@ -29,8 +29,7 @@ import tiny_models  # noqa: E402
 
 BUILD_VAR = "IQ1Q_LLAMACPP_BUILD"
 KEEP_K128 = r"blk\.\d+\.(attn_(q|k|v|output)|ffn_(gate|up))\.weight$=keep"
-# mainline's logger writes from a thread that the process does not join (llama.cpp issue
-# 22142): on a run this short the last lines ("Final estimate") are lost at exit when that
+# mainline's logger writes from a thread that the process does not join: on a run this short the last lines ("Final estimate") are lost at exit when that
 # thread gets no CPU in time: measured 0 of 20 runs on an idle 2-core machine, 9 of 20 with
 # a busy loop on the same core (5 tries failed once on a very busy machine, output not kept)
 TRIES = 20
