@@ -7,7 +7,8 @@ before a pointer is used, then releases the GIL for the native work.
 
 include "shell.pxi"
 
-from libc.stdint cimport int8_t, int32_t
+from libc.stdint cimport int8_t, int32_t, uint64_t
+from libc.string cimport memcpy
 
 cdef extern from "ref.h" nogil:
     int iq1q_ref_quantize_init()
@@ -94,6 +95,30 @@ def fp16_to_fp32(const uint16_t[::1] h, float[::1] out):
     with nogil:
         for i in range(h.shape[0]):
             out[i] = iq1q_fp16_to_fp32(h[i])
+
+
+def gguf_string_spans(const uint8_t[::1] buf, int64_t offset, int64_t count, int64_t[::1] starts,
+                      int64_t[::1] lengths):
+    """Where the count strings of a GGUF metadata array lie (each a uint64 length in the
+    host's order, then its bytes) from offset in buf: starts and lengths filled, the offset
+    past the last returned. ValueError names a string that ends past the buffer. (A Python
+    loop over Gemma 3's 262k-token vocabulary took 0.07 s of every run's start.)"""
+    if starts.shape[0] < count or lengths.shape[0] < count:
+        raise ValueError(f"room for {min(starts.shape[0], lengths.shape[0])} spans, {count} strings")
+    cdef int64_t i, n = buf.shape[0], at = offset
+    cdef uint64_t length
+    if at < 0 or at > n:
+        raise ValueError(f"strings at offset {at} start past the end of the file")
+    for i in range(count):
+        if n - at < 8:
+            raise ValueError(f"string at offset {at} ends past the end of the file")
+        memcpy(&length, &buf[at], 8)
+        at += 8
+        if length > <uint64_t>(n - at):
+            raise ValueError(f"string of {length} bytes at offset {at - 8} ends past the end of the file")
+        starts[i], lengths[i] = at, <int64_t>length
+        at += <int64_t>length
+    return at
 
 
 ctypedef struct _rows_job:

@@ -257,17 +257,17 @@ static void iq1q_simd_gemm_task(void *ctx, int64_t task) {
                     iq1q_simd_rows_n(nm, ops, tile, tile2, L, A, m0 + m, c0, c1, fbuf + width * m, hist, 0);
                 }
             }
-            for (int k = 0; k < (two ? 2 : 1); ++k) {
-                const int64_t row0 = (t + k) * IQ1Q_TILE_ROWS;
-                const int nr = J->N - row0 < IQ1Q_TILE_ROWS ? (int)(J->N - row0) : IQ1Q_TILE_ROWS;
-                /* a whole tile's copy has a constant size, so it is inlined: a libc call per
-                 * 32 bytes took 5 % of the samples at M = 256 */
-                for (int64_t m = 0; m < mc; ++m) {
-                    float *dst = J->y + (m0 + m) * J->N + row0;
-                    const float *src = fbuf + width * m + IQ1Q_TILE_ROWS * k;
-                    if (nr == IQ1Q_TILE_ROWS) memcpy(dst, src, sizeof(float) * IQ1Q_TILE_ROWS);
-                    else memcpy(dst, src, sizeof(float) * nr);
-                }
+            /* the pass's outputs of a row are side by side in fbuf and in y (a pair's two tiles:
+             * one 64-byte line); a whole tile's or pair's copy has a constant size, so it is
+             * inlined (a libc call per 32 bytes took 5 % of the samples at M = 256) */
+            const int64_t row0 = t * IQ1Q_TILE_ROWS, ncols = (two ? 2 : 1) * IQ1Q_TILE_ROWS;
+            const int64_t nr = J->N - row0 < ncols ? J->N - row0 : ncols;
+            for (int64_t m = 0; m < mc; ++m) {
+                float *dst = J->y + (m0 + m) * J->N + row0;
+                const float *src = fbuf + width * m;
+                if (nr == 2 * IQ1Q_TILE_ROWS) memcpy(dst, src, sizeof(float) * 2 * IQ1Q_TILE_ROWS);
+                else if (nr == IQ1Q_TILE_ROWS) memcpy(dst, src, sizeof(float) * IQ1Q_TILE_ROWS);
+                else memcpy(dst, src, sizeof(float) * nr);
             }
         }
     }

@@ -269,3 +269,21 @@ def test_fast_array_packing_writes_the_packages_bytes(values, item):
         except Exception as e:  # struct.error, OverflowError, ValueError: the type names must agree
             return type(e).__name__
     assert packed(gguf_io._Writer(None, "x")) == packed(gguf.GGUFWriter(None, "x"))
+
+
+@pytest.mark.parametrize("strings", [
+    [], [""], ["a", "", "héllo", "日本", ""], [b"\xc3", b"\xa9"],  # a character cut in two: each is not UTF-8
+    ["a\x00b", "c"], [b"\xff", "ok"], ["▁the"] * 1000])
+def test_metadata_string_arrays_read_as_one_by_one(strings):
+    """The vocabulary reader (spans natively, one decode of a NUL-separated blob) gives what
+    decoding each string alone gives: str, or the bytes where a string is not UTF-8."""
+    from iq1q import _ref
+
+    raw = [s.encode() if isinstance(s, str) else s for s in strings]
+    buf = np.frombuffer(b"".join(len(b).to_bytes(8, "little") + b for b in raw) + b"tail", np.uint8)
+    starts, lengths = np.empty(len(raw), np.int64), np.empty(len(raw), np.int64)
+    assert _ref.gguf_string_spans(buf, 0, len(raw), starts, lengths) == buf.size - 4
+    assert gguf_io._decode_strings(buf, starts, lengths) == strings
+    if raw:
+        with pytest.raises(ValueError, match="ends past the end of the file"):
+            _ref.gguf_string_spans(buf[:buf.size - 5], 0, len(raw), starts, lengths)
