@@ -1,10 +1,12 @@
 """The float work of a forward pass in native code on iq1q's pool: RMS norm, the gated MLP
-activation and rotary embeddings (kernels/float_ops.h).
+activation and rotary embeddings (kernels/float_ops.h), and causal attention
+(kernels/attention.h).
 
 Every kernel module carries these functions, compiled with its own flags; the widest one the
 CPU runs serves them (the built-in backends' feature lists say which), iq1q._ref elsewhere.
-They give the same bits in every module and at every thread count, a few ulp from the numpy
-forms in iq1q.models.model, which stay as their reference.
+The first three give the same bits in every module and at every thread count; attention the
+same bits at every thread count (its multiply-adds are fused where the CPU has FMA).
+tests/test_float_ops.py holds them to float64 forms.
 """
 
 from __future__ import annotations
