@@ -1,6 +1,8 @@
 # shell.pxi: what every kernel module's Cython shell shares: the C types of
-# iq1q_common.h and the checks run on Python's buffers before any pointer is
-# handed to native code. Included (textually) by _ref.pyx and its siblings.
+# iq1q_common.h, the checks run on Python's buffers before any pointer is
+# handed to native code, and the forward pass's float work (float_ops.h,
+# attention.h), which each module compiles with its own flags. Included
+# (textually) by _ref.pyx and its siblings.
 
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport int64_t, uint8_t, uint16_t
