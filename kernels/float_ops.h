@@ -117,6 +117,31 @@ static void iq1q_rms_norm(const float *x, const float *w, float *y, int64_t r0, 
     }
 }
 
+/* max |x[i]| over i in [0, n), NaN if any x[i] is NaN: the perplexity table's largest
+ * activation, one pass in 16 lanes (numpy's abs and max: two passes and a temporary). */
+static float iq1q_max_abs(const float *x, int64_t n) {
+    iq1q_v16 top = {0};
+    iq1q_vi16 nan = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const iq1q_v16 a = (iq1q_v16)((iq1q_vi16)iq1q_v16_load(x + i) & 0x7fffffff);
+        nan |= a != a;
+        top = iq1q_v16_select(a > top, a, top);
+    }
+    float m = 0.0f;
+    int bad = 0;
+    for (int k = 0; k < 16; ++k) {
+        m = top[k] > m ? top[k] : m;
+        bad |= nan[k];
+    }
+    for (; i < n; ++i) {
+        const float a = fabsf(x[i]);
+        bad |= a != a;
+        m = a > m ? a : m;
+    }
+    return bad ? NAN : m;
+}
+
 /* Rotary embedding of rows [r0, r1) of x (T rows of heads x d floats): the first n_rot of
  * each head rotated by the row's cos / sin (T x n_rot / 2 each), the rest copied. NEOX
  * pairs (i, i + n_rot / 2), else (2i, 2i + 1). a cos - b sin and a sin + b cos, each

@@ -165,6 +165,7 @@ cdef extern from "float_ops.h" nogil:
         IQ1Q_ACT_GELU
     float iq1q_expf(float x)
     void iq1q_gated(int act, const float *g, const float *u, float *y, int64_t n)
+    float iq1q_max_abs(const float *x, int64_t n)
     void iq1q_rms_norm(const float *x, const float *w, float *y, int64_t r0, int64_t r1, int64_t n,
                        double eps)
     void iq1q_rope(const float *x, const float *cs, const float *sn, float *y, int64_t r0, int64_t r1,
@@ -215,6 +216,14 @@ def rms_norm(const float[:, ::1] x, const float[::1] w, float[:, ::1] y, double 
     j.op, j.x, j.w, j.y, j.n, j.eps = 0, &x[0, 0], &w[0], &y[0, 0], x.shape[1], eps
     with nogil:
         _run_float(&j, x.shape[0], x.shape[1], threads)
+
+
+def max_abs(const float[::1] x) -> float:
+    """max |x|, NaN if x holds one; 0 for no values."""
+    cdef float m = 0.0
+    with nogil:
+        m = iq1q_max_abs(&x[0], x.shape[0]) if x.shape[0] else 0.0
+    return m
 
 
 def gated(str activation, const float[::1] g, const float[::1] u, float[::1] y, int threads):

@@ -1,5 +1,5 @@
 """The forward pass's native float work (kernels/float_ops.h through iq1q.models.ops): RMS
-norm, the gated activations and RoPE against float64 references, the same bits from every
+norm, the gated activations, RoPE and max |x| against float64 (numpy) references, the same bits from every
 kernel module the CPU runs and at every thread count, NaN carried, bad shapes named."""
 
 import importlib
@@ -102,6 +102,23 @@ def test_every_module_and_thread_count_gives_the_same_bits(rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 1000, 4099])
+def test_max_abs_is_numpys_with_nan_kept(rng, n):
+    """The perplexity table's largest |activation|: a NaN anywhere (in the 16 lanes or the
+    tail) gives NaN, an infinity of either sign gives inf, no values give 0."""
+    x = (rng.standard_normal(n) * 1e3).astype(np.float32)
+    want = float(np.abs(x).max()) if n else 0.0
+    for m in modules():
+        assert m.max_abs(x) == want
+        for at in {0, n // 2, n - 1} if n else ():
+            y = x.copy()
+            y[at] = -np.inf
+            assert m.max_abs(y) == math.inf
+            y[at] = np.nan
+            assert math.isnan(m.max_abs(y))
+    assert ops.max_abs(x.reshape(-1, 1)[::-1]) == want  # any shape and stride, as float32
 
 
 def test_nan_and_inf_are_carried():

@@ -40,6 +40,17 @@ def test_token_ids_equal_llama_cpp(tiny):
     assert Tokenizer(gguf_io.read(path).metadata).encode(ref["text"]) == ref[arch]
 
 
+@pytest.mark.parametrize("texts", [[], [""], ["a", "", "b▁c", "", "é"], ["a\0b", "c"], ["x", b"\xff"]])
+def test_vocabulary_bytes_are_each_tokens_utf8(texts):
+    """The vocabulary goes to sentencepiece as one blob and the tokens' lengths: joined at
+    NULs and encoded once, or one by one where a token holds a NUL or is bytes."""
+    from iq1q.models.tokenizer import _joined
+
+    raw = [t.encode("utf-8") if isinstance(t, str) else t for t in texts]
+    blob, lens = _joined(texts)
+    assert blob.tobytes() == b"".join(raw) and lens.tolist() == [len(r) for r in raw]
+
+
 def test_tokenizer_errors_name_the_problem():
     with pytest.raises(TokenizerError, match="'gpt2' is not supported"):
         Tokenizer({"tokenizer.ggml.model": "gpt2"})

@@ -30,8 +30,8 @@ def simd(backend):
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
 def test_agrees_with_ref(pair, simd, rng):
     wfmt, afmt = pair
-    # N not a multiple of 8 (a partial tile), K past one 1024-column chunk, M past the
-    # 64-row expansion block and not a multiple of the 4 or 8 rows run together
+    # N not a multiple of 8 (a partial tile), K past one 1024-column chunk, M not a
+    # multiple of the 4 or 8 rows run together
     for M, N, K in [(1, 12, 1280), (70, 20, 1280), (9, 36, 256)]:
         w = rng.standard_normal((N, K)).astype(np.float32)
         x = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(np.float32)
@@ -49,14 +49,15 @@ def test_few_and_many_rows_give_the_same_bits(pair, simd, rng):
     expands them once. On AVX2, from five rows on, both read biased quants q + 128 with no
     group-sum correction (four rows and five: either side of that switch); on AVX-512, one
     or two rows run one tile per pass and more run pairs of tiles (20 rows: an odd last
-    tile). The many rows are more than one block the driver expands for (150: two blocks of
-    128). All reach the same exact integer per block and take the same float steps."""
+    tile). The many rows are more than one block the driver expands for (450 at K = 1280: 408
+    rows, as many as 512 KiB of quants hold, then 42). All reach the same exact integer per
+    block and take the same float steps."""
     wfmt, afmt = pair
     W = iq1q.quantize(rng.standard_normal((20, 1280)).astype(np.float32), wfmt)
-    x = (rng.standard_normal((150, 1280)) * rng.uniform(0.1, 10, (150, 1))).astype(np.float32)
+    x = (rng.standard_normal((450, 1280)) * rng.uniform(0.1, 10, (450, 1))).astype(np.float32)
     qa = iq1q.quantize_activations(x, afmt, backend="ref")
     many = iq1q.matmul(qa, W, backend=simd, overflow="ignore")
-    for lo, n in ((0, 1), (1, 1), (2, 2), (4, 3), (12, 4), (20, 5), (7, 8), (140, 1)):
+    for lo, n in ((0, 1), (1, 1), (2, 2), (4, 3), (12, 4), (20, 5), (7, 8), (405, 6), (449, 1)):
         few = iq1q.matmul(iq1q.quantize_activations(x[lo:lo + n], afmt, backend="ref"), W, backend=simd,
                           overflow="ignore")
         np.testing.assert_array_equal(few, many[lo:lo + n])

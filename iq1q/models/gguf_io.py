@@ -69,26 +69,27 @@ MAX_NAME_BYTES = 63  # ggml's GGML_MAX_NAME (64) includes the terminating NUL
 
 def _decode_strings(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> list:
     """The strings at data[starts[i]:starts[i] + lengths[i]] as str, or as bytes where one is
-    not UTF-8 (kept, and written back the same). Gathered into one blob with a NUL after each,
-    decoded once and split at the NULs (a vocabulary of 262k: 0.1 s one by one, a quarter of
-    that here); one by one where a string holds a NUL or the blob is not UTF-8 (a string
-    that is not, or that starts inside a character)."""
-    count, total = len(starts), int(lengths.sum())
+    not UTF-8 (kept, and written back the same). A GGUF array holds each string's bytes right
+    after its 8-byte length: the last byte of each length becomes a NUL, the other 7 are
+    dropped, and the blob is decoded once and split at the NULs (a vocabulary of 262k: 0.1 s
+    one by one, 0.02-0.04 s so); one by one where a string holds a NUL or the blob is not
+    UTF-8 (a string that is not, or that starts inside a character)."""
+    count = len(starts)
     if count == 0:
         return []
-    within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # byte k of its string
-    source = data[np.repeat(starts, lengths) + within]
-    if not source.all():  # a NUL inside a string: it cannot be the separator
-        text = None
-    else:
-        blob = np.zeros(total + count - 1, np.uint8)
-        blob[np.repeat(np.cumsum(lengths) - lengths + np.arange(count), lengths) + within] = source
-        try:
-            text = blob.tobytes().decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-    if text is not None:
-        return text.split("\0")
+    lo, hi = int(starts[0]) - 8, int(starts[-1] + lengths[-1])
+    if lo >= 0 and (starts[1:] == starts[:-1] + lengths[:-1] + 8).all():
+        blob, at = data[lo:hi].copy(), starts - lo
+        blob[at - 1] = 0
+        keep = np.ones(blob.size, bool)
+        keep[(at - 8)[:, None] + np.arange(7)] = False
+        keep[at[0] - 1] = False  # nothing before the first string
+        blob = blob[keep]
+        if np.count_nonzero(blob) == blob.size - (count - 1):  # no NUL inside a string
+            try:
+                return blob.tobytes().decode("utf-8").split("\0")
+            except UnicodeDecodeError:
+                pass
 
     def one(b: bytes) -> str | bytes:
         try:

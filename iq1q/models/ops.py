@@ -1,6 +1,6 @@
 """The float work of a forward pass in native code on iq1q's pool: RMS norm, the gated MLP
 activation and rotary embeddings (kernels/float_ops.h), and causal attention
-(kernels/attention.h).
+(kernels/attention.h); and the largest |activation| the perplexity table reports.
 
 Every kernel module carries these functions, compiled with its own flags; the widest one the
 CPU runs serves them (the built-in backends' feature lists say which), iq1q._ref elsewhere.
@@ -47,6 +47,11 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float, threads: int | None = Non
     module().rms_norm(x.reshape(-1, n), _floats(w).reshape(-1), y.reshape(-1, n), float(eps),
                       num_threads(threads))
     return y
+
+
+def max_abs(x: np.ndarray) -> float:
+    """max |x| over all values, NaN if one is NaN; 0.0 for an empty array."""
+    return float(module().max_abs(_floats(x).reshape(-1)))
 
 
 def gated(activation: str, gate: np.ndarray, up: np.ndarray, threads: int | None = None,

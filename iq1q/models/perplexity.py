@@ -22,7 +22,7 @@ from .. import hazards
 from ..formats import ACTIVATION_FORMATS, WEIGHT_FORMATS, activation_format
 from ..gemm import check_pair_block
 from ..report import table
-from . import gguf_io
+from . import gguf_io, ops
 from .chunks import Chunk, builtin_text, chunks
 from .model import Model, from_gguf
 from .moe import split_matrix_name
@@ -53,7 +53,7 @@ class Stats:
         if not x.size:  # an expert no token was routed to
             return
         if x is not self._last:  # q, k and v (gate and up) see the same array: scan it once
-            self._last, self._last_max, self._last_overflow = x, float(np.max(np.abs(x))), None
+            self._last, self._last_max, self._last_overflow = x, ops.max_abs(x), None
         m = self._last_max
         # a NaN is kept once seen, so that a NaN run names the layer where it began
         if not math.isnan(self.max_abs) and (math.isnan(m) or m > self.max_abs):

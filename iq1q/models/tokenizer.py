@@ -64,13 +64,26 @@ def _varints(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(two, (v & 0x7F) | 0x80, v), np.where(two, v >> 7, -1)
 
 
-def _pieces(texts: list[bytes], scores: np.ndarray, types: np.ndarray) -> bytes:
-    """The repeated `pieces` field of a ModelProto: (piece text, score, type) per token.
-    With numpy over all tokens at once: a Python loop over Gemma's 262k took 0.3 s."""
-    lens = np.fromiter(map(len, texts), np.int64, len(texts))
+def _joined(texts: list[str | bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of every text, one after another, and each one's length. One join and
+    one encode where no text holds a NUL (Gemma's 262k: 0.05 s one by one)."""
+    if all(isinstance(t, str) for t in texts):
+        blob = np.frombuffer("\0".join(texts).encode("utf-8"), np.uint8)
+        cuts = np.flatnonzero(blob == 0)
+        if cuts.size == len(texts) - 1:
+            lens = np.diff(cuts, prepend=-1, append=blob.size) - 1
+            return blob[blob != 0], lens
+    raw = [t.encode("utf-8") if isinstance(t, str) else t for t in texts]
+    return np.frombuffer(b"".join(raw), np.uint8), np.fromiter(map(len, raw), np.int64, len(raw))
+
+
+def _pieces(text: np.ndarray, lens: np.ndarray, scores: np.ndarray, types: np.ndarray) -> bytes:
+    """The repeated `pieces` field of a ModelProto: (piece text, score, type) per token, the
+    texts given as their bytes one after another (text) and their lengths. With numpy over
+    all tokens at once: a Python loop over Gemma's 262k took 0.3 s."""
     piece_len = 1 + 1 + (lens >= 0x80) + lens + 5 + 2  # text tag and length, text, score, type
     record = 1 + 1 + (piece_len >= 0x80) + piece_len
-    if texts and record.max() >= 1 << 14:
+    if lens.size and record.max() >= 1 << 14:
         raise TokenizerError("a vocabulary token is too long for this tokenizer (over 16 KiB)")
     start = np.concatenate([[0], np.cumsum(record)])
     out = np.empty(int(start[-1]), np.uint8)
@@ -87,9 +100,13 @@ def _pieces(texts: list[bytes], scores: np.ndarray, types: np.ndarray) -> bytes:
     p = put(o + 1, piece_len)
     out[p] = 1 << 3 | 2
     t = put(p + 1, lens)
-    text = np.frombuffer(b"".join(texts), np.uint8)
-    out[np.repeat(t - (np.cumsum(lens) - lens), lens) + np.arange(text.size)] = text
     s = t + lens
+    # the texts fill [t, s) of every record, in order: a mask of those bytes, made by
+    # marking where each span starts and ends (int64 indices per byte: 3x the time)
+    edges = np.zeros(out.size + 1, np.int8)
+    edges[t] += 1  # each index once per statement; an empty text's t is its s
+    edges[s] -= 1
+    out[np.cumsum(edges[:-1], dtype=np.int8).view(bool)] = text
     out[s] = 2 << 3 | 5  # score: a 32-bit float
     out[s[:, None] + np.arange(1, 5)] = scores.astype("<f4").view(np.uint8).reshape(-1, 4)
     out[s + 5] = 3 << 3
@@ -99,20 +116,19 @@ def _pieces(texts: list[bytes], scores: np.ndarray, types: np.ndarray) -> bytes:
 
 def _model_proto(tokens: list[str], scores: np.ndarray, types: np.ndarray, add_space_prefix: bool) -> bytes:
     # Serialized by hand so that the protobuf package is not a dependency
-    types = types.copy()
-    texts = [t.encode("utf-8") for t in tokens]
+    types, texts = types.copy(), list(tokens)
     for i in np.flatnonzero(types == USER_DEFINED):
         if tokens[i] in EOG_TEXTS:
             types[i] = NORMAL
         else:  # llama.cpp matches them in the raw text, sentencepiece after escaping spaces
-            texts[i] = tokens[i].replace(" ", SPACE).encode("utf-8")
+            texts[i] = tokens[i].replace(" ", SPACE)
     if types.size and not (0 <= types.min() and types.max() < 0x80):
         raise TokenizerError(f"token types must be in [0, 128), got {types.min()}..{types.max()}")
     trainer = _flag(_TRAINER_MODEL_TYPE, _BPE) + _flag(_TRAINER_BYTE_FALLBACK, 1)
     # llama.cpp neither normalizes nor collapses spaces; proto2 defaults for these are true
     normalizer = (_field(_NORM_NAME, b"identity") + _flag(_NORM_DUMMY_PREFIX, int(add_space_prefix))
                   + _flag(_NORM_REMOVE_SPACES, 0) + _flag(_NORM_ESCAPE_SPACES, 1))
-    return _pieces(texts, scores, types) + _field(_TRAINER, trainer) + _field(_NORMALIZER, normalizer)
+    return _pieces(*_joined(texts), scores, types) + _field(_TRAINER, trainer) + _field(_NORMALIZER, normalizer)
 
 
 def _require(metadata: Mapping[str, Any], key: str) -> Any:
