@@ -19,8 +19,8 @@
  * and, after it, the three functions declared below.
  *
  * The work: tiles of 8 weight rows are dealt over the threads; the activation
- * rows go in blocks (128 to IQ1Q_SIMD_MC rows, by K), each over all of a task's tiles in turn, so
- * that a block's quants stay in L2 while the weights stream past (tiles outer:
+ * rows go in blocks (128 to IQ1Q_SIMD_MC rows, by K), each over all of a task's
+ * tiles in turn, so that a block's quants stay in L2 while the weights stream past (tiles outer:
  * Zen 5, AVX-512, hot, 4096 x 4096, M = 256: 7 % slower). The weights are read in
  * their own bytes, once per block of activation rows, and nothing is kept after the
  * call: an ISA that reads them itself (IQ1Q_SIMD_READS_GGML, x86) gets their rows; for

@@ -1,6 +1,7 @@
 """The forward pass's native float work (kernels/float_ops.h through iq1q.models.ops): RMS
-norm, the gated activations, RoPE and max |x| against float64 (numpy) references, the same bits from every
-kernel module the CPU runs and at every thread count, NaN carried, bad shapes named."""
+norm, the gated activations, RoPE and max |x| against float64 (numpy) references, the same
+bits from every kernel module the CPU runs and at every thread count, NaN carried, bad
+shapes named."""
 
 import importlib
 import math
