@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--no-ik", action="store_true")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     with tempfile.TemporaryDirectory(prefix="iq1q-bench-model-") as tmp:
         folder = Path(tmp)
         model = Path(args.model) if args.model else gemma(folder, args.type)
